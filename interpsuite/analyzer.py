@@ -1,0 +1,119 @@
+"""The analyzer extension point: a named class with a typed config, validate() and run().
+
+Modelled on captum's Attribution classes: small, explicit capabilities, no hidden state.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from .errors import ConfigError
+from .figures import FigureStyle
+from .results import Result
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .data import Inputs
+    from .models import HookedModel, ModelInfo, TokenBatch
+
+
+@dataclass
+class NoConfig:
+    """For analyzers without options."""
+
+
+class Analyzer:
+    """Base class for analyzers.
+
+    - `name`: unique; configs select the analyzer with `analyzers.<name>`.
+    - `family`: activation, attention, attribution, probing, gradient, mechanistic, safety.
+    - `Config`: a dataclass; Hydra/OmegaConf validate option names and types against it.
+    - `requires_causal_lm`: refuse encoders before loading weights.
+    - `validate(info, cfg)`: every check that needs no weights (layer ranges, ...).
+    - `run(ctx)`: the analysis; use `ctx.model` hooks, never raw torch hooks.
+    """
+
+    name: ClassVar[str]
+    family: ClassVar[str] = "other"
+    description: ClassVar[str] = ""
+    Config: ClassVar[type] = NoConfig
+    requires_causal_lm: ClassVar[bool] = False
+
+    def __init__(self, cfg: Any = None):
+        self.cfg = cfg if cfg is not None else self.Config()
+
+    def validate(self, info: ModelInfo, cfg: Any) -> None:
+        """Raise ConfigError for anything wrong that can be seen without weights."""
+
+    def run(self, ctx: RunContext) -> Result:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+def build_config(analyzer: type[Analyzer], options: Any) -> Any:
+    """Options (dict / DictConfig / None) -> the analyzer's Config dataclass, validated."""
+    schema = OmegaConf.structured(analyzer.Config)
+    try:
+        merged = OmegaConf.merge(schema, OmegaConf.create(options or {}))
+        return OmegaConf.to_object(merged)
+    except OmegaConfBaseException as err:
+        fields = ", ".join(f.name for f in dataclasses.fields(analyzer.Config)) or "(none)"
+        message = str(err).splitlines()[0]
+        raise ConfigError(
+            f"analyzers.{analyzer.name}: {message}. Options of {analyzer.name}: {fields}"
+        ) from None
+
+
+def check_layers(info: ModelInfo, layers: Sequence[int] | None, what: str) -> list[int]:
+    """Validate layer indices (negative counts from the end); None means all layers."""
+    if layers is None:
+        return list(range(info.n_layers))
+    resolved = []
+    for layer in layers:
+        index = layer + info.n_layers if layer < 0 else layer
+        if not 0 <= index < info.n_layers:
+            raise ConfigError(
+                f"{what}: layer {layer} out of range; {info.name} has layers 0..{info.n_layers - 1}"
+            )
+        resolved.append(index)
+    if not resolved:
+        raise ConfigError(f"{what}: empty layer list; give layer indices or null for all layers")
+    return resolved
+
+
+def check_heads(info: ModelInfo, heads: Sequence[int] | None, what: str) -> list[int]:
+    if heads is None:
+        return list(range(info.n_heads))
+    for head in heads:
+        if not 0 <= head < info.n_heads:
+            raise ConfigError(f"{what}: head {head} out of range; {info.name} has heads 0..{info.n_heads - 1}")
+    return list(heads)
+
+
+@dataclass
+class RunContext:
+    """What an analyzer gets: the model, the inputs, batching, progress bars, figure style."""
+
+    model: HookedModel
+    inputs: Inputs
+    batch_size: int = 8
+    max_length: int | None = 128
+    seed: int = 0
+    style: FigureStyle = field(default_factory=FigureStyle)
+    show_progress: bool = True
+
+    def batches(self, desc: str = "batches") -> Iterator[TokenBatch]:
+        texts = self.inputs.texts
+        n_batches = (len(texts) + self.batch_size - 1) // self.batch_size
+        return iter(self.progress(self.model.batches(texts, self.batch_size, self.max_length), desc, n_batches))
+
+    def progress(self, iterable: Iterable, desc: str = "", total: int | None = None) -> Iterable:
+        if not self.show_progress:
+            return iterable
+        from tqdm.auto import tqdm
+
+        return tqdm(iterable, desc=desc, total=total, leave=False)

