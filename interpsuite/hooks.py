@@ -275,6 +275,7 @@ def attach(sites: dict[str, HookSite], plan: HookPlan) -> Iterator[ActivationCac
                         return (new, *output[1:])
                     return new
 
+                out_hook.interpsuite = True
                 handles.append(site.module.register_forward_hook(out_hook))
             else:
 
@@ -287,6 +288,7 @@ def attach(sites: dict[str, HookSite], plan: HookPlan) -> Iterator[ActivationCac
                         return (new, *args[1:]), kwargs
                     return args, {**kwargs, "hidden_states": new}
 
+                pre_hook.interpsuite = True
                 handles.append(site.module.register_forward_pre_hook(pre_hook, with_kwargs=True))
         yield plan.cache
     finally:
@@ -304,8 +306,14 @@ def _unknown_hook_message(name: str, sites: dict[str, HookSite]) -> str:
 
 
 def count_hooks(module: nn.Module) -> int:
-    """How many forward (pre-)hooks remain anywhere in a module tree (0 after any run)."""
+    """How many interpsuite hooks remain anywhere in a module tree (0 between calls).
+
+    Only hooks installed by `attach` count: transformers installs hooks of its own (for
+    `output_hidden_states`), which are not ours to remove.
+    """
     return sum(
-        len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks)
+        1
         for m in module.modules()
+        for hook in (*m._forward_hooks.values(), *m._forward_pre_hooks.values())
+        if getattr(hook, "interpsuite", False)
     )

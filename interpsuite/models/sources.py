@@ -195,17 +195,48 @@ def _load_minilm(seed: int, dtype: torch.dtype) -> LoadedModel:
 # --- any hub name or local path ---------------------------------------------------------
 
 
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """A quick DNS + TCP probe, so an offline machine fails in seconds, not after retries."""
+    import socket
+    from urllib.parse import urlparse
+
+    if os.environ.get("HF_HUB_OFFLINE", "").strip() not in ("", "0"):
+        return False
+    from huggingface_hub import constants
+
+    host = urlparse(constants.ENDPOINT).hostname or "huggingface.co"
+    try:
+        with socket.create_connection((host, 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _not_found(name: str, reason: str) -> ModelNotFoundError:
+    return ModelNotFoundError(
+        f"model {name!r} is not embedded and {reason}. Embedded models: {', '.join(EMBEDDED)}. "
+        f"Use model=<one of those>, or model.name=<a local folder with config.json>."
+    )
+
+
 def _hub_config(name: str):
     from transformers import AutoConfig
 
+    if Path(name).expanduser().exists():
+        try:
+            return AutoConfig.from_pretrained(Path(name).expanduser())
+        except Exception as err:
+            raise _not_found(name, f"the local path has no readable config.json ({type(err).__name__})") from None
+    try:  # already in the local Hugging Face cache?
+        return AutoConfig.from_pretrained(name, local_files_only=True)
+    except Exception:
+        pass
+    if not _hub_reachable():
+        raise _not_found(name, "is not a local path, not in the Hugging Face cache, and no model hub is reachable")
     try:
         return AutoConfig.from_pretrained(name)
     except Exception as err:  # transformers raises OSError/ValueError/HF errors here
-        raise ModelNotFoundError(
-            f"model {name!r} is not embedded and could not be found as a local path or on a "
-            f"model hub ({type(err).__name__}). Embedded models: {', '.join(EMBEDDED)}. "
-            f"Use model=<one of those>, or model.name=<a local folder with config.json>."
-        ) from None
+        raise _not_found(name, f"could not be found on the model hub ({type(err).__name__})") from None
 
 
 def _load_hub(name: str, seed: int, dtype: torch.dtype) -> LoadedModel:

@@ -63,7 +63,11 @@ class GPT2Adapter(Adapter):
     def starting_at(self, layer: int) -> Iterator[None]:
         # GPT-2 adds position embeddings to inputs_embeds; silence them so the given
         # residual stream enters block `layer` unchanged.
-        handle = self._body.wpe.register_forward_hook(lambda m, a, out: torch.zeros_like(out))
+        def silence(module, args, output):
+            return torch.zeros_like(output)
+
+        silence.interpsuite = True
+        handle = self._body.wpe.register_forward_hook(silence)
         try:
             with truncated_layers(self._body, "h", layer):
                 yield

@@ -1,0 +1,36 @@
+"""Shared fixtures: tiny random models (fast, exact tests) and the embedded real models."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+os.environ.setdefault("WANDB_SILENT", "true")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from interpsuite.models import load_model  # noqa: E402
+
+# pytest_plugins = ["plugin_support"]  # enabled below once present
+
+TINY = ("tiny_llama", "tiny_gpt2", "tiny_bert")
+
+
+@pytest.fixture(scope="session", params=TINY)
+def tiny_model(request):
+    return load_model(request.param)
+
+
+@pytest.fixture(scope="session")
+def tiny_models():
+    return {name: load_model(name) for name in TINY}
+
+
+@pytest.fixture(scope="session")
+def smollm2():
+    return load_model("smollm2")
+
+
+@pytest.fixture(scope="session")
+def minilm():
+    return load_model("minilm")
