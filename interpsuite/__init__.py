@@ -1,6 +1,6 @@
 """interpsuite: look inside transformer language models.
 
-    from interpsuite import InterpretabilityPipeline, load_model
+from interpsuite import InterpretabilityPipeline, load_model
 """
 
 __version__ = "0.1.0"
@@ -12,7 +12,18 @@ from .pipeline import InterpretabilityPipeline  # noqa: E402
 from .results import Check, Result, read_results  # noqa: E402
 
 __all__ = [
-    "AnalyzerError", "Check", "ConfigError", "HookError", "HookedModel", "InterpretabilityPipeline",
-    "InterpsuiteError", "Intervention", "ModelNotFoundError", "PluginError", "Result", "__version__",
-    "load_model", "read_results",
+    "AnalyzerError",
+    "Check",
+    "ConfigError",
+    "HookError",
+    "HookedModel",
+    "InterpretabilityPipeline",
+    "InterpsuiteError",
+    "Intervention",
+    "ModelNotFoundError",
+    "PluginError",
+    "Result",
+    "__version__",
+    "load_model",
+    "read_results",
 ]

@@ -63,9 +63,7 @@ def build_config(analyzer: type[Analyzer], options: Any) -> Any:
     except OmegaConfBaseException as err:
         fields = ", ".join(f.name for f in dataclasses.fields(analyzer.Config)) or "(none)"
         message = str(err).splitlines()[0]
-        raise ConfigError(
-            f"analyzers.{analyzer.name}: {message}. Options of {analyzer.name}: {fields}"
-        ) from None
+        raise ConfigError(f"analyzers.{analyzer.name}: {message}. Options of {analyzer.name}: {fields}") from None
 
 
 def check_layers(info: ModelInfo, layers: Sequence[int] | None, what: str) -> list[int]:
@@ -76,9 +74,7 @@ def check_layers(info: ModelInfo, layers: Sequence[int] | None, what: str) -> li
     for layer in layers:
         index = layer + info.n_layers if layer < 0 else layer
         if not 0 <= index < info.n_layers:
-            raise ConfigError(
-                f"{what}: layer {layer} out of range; {info.name} has layers 0..{info.n_layers - 1}"
-            )
+            raise ConfigError(f"{what}: layer {layer} out of range; {info.name} has layers 0..{info.n_layers - 1}")
         resolved.append(index)
     if not resolved:
         raise ConfigError(f"{what}: empty layer list; give layer indices or null for all layers")

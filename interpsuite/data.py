@@ -73,8 +73,7 @@ def _read_csv(path: Path, text_field: str) -> list[str]:
         reader = csv.DictReader(handle)
         if reader.fieldnames is None or text_field not in reader.fieldnames:
             raise ConfigError(
-                f"{path}: no column {text_field!r} (columns: {reader.fieldnames}); "
-                f"set data.text_field=<column>"
+                f"{path}: no column {text_field!r} (columns: {reader.fieldnames}); set data.text_field=<column>"
             )
         return [row[text_field] for row in reader]
 

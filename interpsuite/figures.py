@@ -26,7 +26,11 @@ class FigureStyle:
 
         with plt.rc_context({"font.size": self.font_size}):
             fig, axes = plt.subplots(
-                nrows, ncols, figsize=(self.width * scale[0], self.height * scale[1]),
-                dpi=self.dpi, squeeze=False, layout="constrained",
+                nrows,
+                ncols,
+                figsize=(self.width * scale[0], self.height * scale[1]),
+                dpi=self.dpi,
+                squeeze=False,
+                layout="constrained",
             )
         return fig, axes

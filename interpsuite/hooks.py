@@ -117,9 +117,7 @@ class Intervention:
 
     def __post_init__(self) -> None:
         if self.op not in INTERVENTION_OPS:
-            raise HookError(
-                f"unknown intervention op {self.op!r}; choose one of {', '.join(INTERVENTION_OPS)}"
-            )
+            raise HookError(f"unknown intervention op {self.op!r}; choose one of {', '.join(INTERVENTION_OPS)}")
         if self.op in ("replace", "add", "resample") and self.value is None:
             raise HookError(f"intervention {self.op!r} at {self.hook} needs a `value` tensor")
         if self.op == "scale" and self.factor is None:
@@ -127,9 +125,7 @@ class Intervention:
 
     def with_rows(self, rows: Index) -> Intervention:
         """The same intervention applied to other batch rows."""
-        return Intervention(
-            self.hook, self.op, self.value, self.factor, rows, self.heads, self.positions, self.units
-        )
+        return Intervention(self.hook, self.op, self.value, self.factor, rows, self.heads, self.positions, self.units)
 
 
 def _as_index(index: Index, size: int, device: torch.device) -> torch.Tensor | None:
@@ -143,9 +139,7 @@ def _as_index(index: Index, size: int, device: torch.device) -> torch.Tensor | N
     return idx
 
 
-def _axis_mask(
-    shape: torch.Size, axis: int, index: Index, device: torch.device
-) -> torch.Tensor | None:
+def _axis_mask(shape: torch.Size, axis: int, index: Index, device: torch.device) -> torch.Tensor | None:
     idx = _as_index(index, shape[axis], device)
     if idx is None:
         return None

@@ -137,7 +137,8 @@ class InterpretabilityPipeline:
             experiment=container.get("experiment_name") or "run",
             output_dir=output_dir or container.get("output_dir"),
             device=container.get("device", "cpu"),
-            dtype=(model_cfg.get("dtype") if isinstance(model_cfg, dict) else None) or container.get("dtype", "float32"),
+            dtype=(model_cfg.get("dtype") if isinstance(model_cfg, dict) else None)
+            or container.get("dtype", "float32"),
             seed=int(container.get("seed", 0)),
             batch_size=int(container.get("batch_size", 8)),
             sinks=container.get("sinks") or ["rundir"],
@@ -204,12 +205,18 @@ class InterpretabilityPipeline:
         started = time.perf_counter()
         plan = self.validate()
         self._seed()
-        model = self.model if isinstance(self.model, HookedModel) else load_model(
-            self.model, device=self.device, dtype=self.dtype, seed=self.seed
+        model = (
+            self.model
+            if isinstance(self.model, HookedModel)
+            else load_model(self.model, device=self.device, dtype=self.dtype, seed=self.seed)
         )
         ctx = RunContext(
-            model=model, inputs=plan.inputs, batch_size=self.batch_size,
-            max_length=self.data.max_length, seed=self.seed, show_progress=self.progress,
+            model=model,
+            inputs=plan.inputs,
+            batch_size=self.batch_size,
+            max_length=self.data.max_length,
+            seed=self.seed,
+            show_progress=self.progress,
         )
         n_tokens = sum(int(b.n_tokens) for b in model.batches(plan.inputs.texts, 64, self.data.max_length))
         run_dir = self._run_dir()

@@ -11,7 +11,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from interpsuite.models import load_model  # noqa: E402
 
-# pytest_plugins = ["plugin_support"]  # enabled below once present
+pytest_plugins = ["tests.plugin_support"]
 
 TINY = ("tiny_llama", "tiny_gpt2", "tiny_bert")
 

@@ -14,9 +14,7 @@ TEXTS = ["When Mary and John went to the store, John gave a drink to", "A short 
 
 def _hidden_states(model, batch):
     with torch.no_grad():
-        out = model.hf_model(
-            input_ids=batch.input_ids, attention_mask=batch.attention_mask, output_hidden_states=True
-        )
+        out = model.hf_model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, output_hidden_states=True)
     return out.hidden_states
 
 
@@ -172,7 +170,11 @@ def test_batched_sweep_equals_one_pass_per_intervention(tiny_model):
         for layer in range(info.n_layers)
         for head in range(info.n_heads)
     ]
-    items += [[Intervention("blocks.1.mlp.post", "zero", units=[3, 4])], [], [Intervention("embed", "scale", factor=0.5)]]
+    items += [
+        [Intervention("blocks.1.mlp.post", "zero", units=[3, 4])],
+        [],
+        [Intervention("embed", "scale", factor=0.5)],
+    ]
 
     def metric(out, rows):
         last = rows.last_index

@@ -24,8 +24,12 @@ TEXTS = ["The quick brown fox jumps over the lazy dog.", "Water boils at one hun
 
 def _pipeline(tmp_path, **kwargs):
     defaults = dict(
-        model="tiny_llama", data=TEXTS, analyzers={"activation_stats": {}},
-        output_dir=tmp_path / "run", sinks=["rundir"], progress=False,
+        model="tiny_llama",
+        data=TEXTS,
+        analyzers={"activation_stats": {}},
+        output_dir=tmp_path / "run",
+        sinks=["rundir"],
+        progress=False,
     )
     defaults.update(kwargs)
     return InterpretabilityPipeline(**defaults)
@@ -34,8 +38,12 @@ def _pipeline(tmp_path, **kwargs):
 def _cli(args, cwd, env=None, timeout=600):
     full_env = {**os.environ, "WANDB_SILENT": "true", **(env or {})}
     return subprocess.run(
-        [sys.executable, "-m", "interpsuite", *args], cwd=cwd, env=full_env,
-        capture_output=True, text=True, timeout=timeout,
+        [sys.executable, "-m", "interpsuite", *args],
+        cwd=cwd,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
 
 
@@ -148,10 +156,16 @@ def no_weights(monkeypatch):
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"analyzers": {"no_such_analyzer": {}}}, "unknown analyzer 'no_such_analyzer'; registered analyzers: .*activation_stats"),
+        (
+            {"analyzers": {"no_such_analyzer": {}}},
+            "unknown analyzer 'no_such_analyzer'; registered analyzers: .*activation_stats",
+        ),
         ({"analyzers": {"activation_stats": {"layers": [5]}}}, "layer 5 out of range; tiny_llama has layers 0..1"),
         ({"analyzers": {"activation_stats": {"hook_points": ["attn.q"]}}}, "not supported; choose from"),
-        ({"analyzers": {"activation_stats": {"layerz": [0]}}}, "Key 'layerz' not in 'ActivationStatsConfig'.*Options of activation_stats: hook_points"),
+        (
+            {"analyzers": {"activation_stats": {"layerz": [0]}}},
+            "Key 'layerz' not in 'ActivationStatsConfig'.*Options of activation_stats: hook_points",
+        ),
         ({"analyzers": {"activation_stats": {"layers": "all"}}}, "analyzers.activation_stats"),
         ({"analyzers": {}}, "no analyzers selected"),
         ({"data": []}, "no inputs"),
@@ -212,8 +226,13 @@ def test_quickstart_on_smollm2_cli_and_python_api_agree(tmp_path):
     payload = read_results(run_dir)
     assert contract_errors(payload, run_dir) == []
     assert payload["model"] == {
-        "name": "smollm2", "architecture": "llama", "n_layers": 30, "n_heads": 9, "n_kv_heads": 3,
-        "d_model": 576, "d_mlp": 1536,
+        "name": "smollm2",
+        "architecture": "llama",
+        "n_layers": 30,
+        "n_heads": 9,
+        "n_kv_heads": 3,
+        "d_model": 576,
+        "d_mlp": 1536,
     }
     assert list((run_dir / "wandb").glob("offline-run-*"))
     assert (run_dir / "figures" / "activation_stats" / "layer_profile.png").is_file()
@@ -222,8 +241,12 @@ def test_quickstart_on_smollm2_cli_and_python_api_agree(tmp_path):
 
     texts = yaml.safe_load((REPO / "conf" / "data" / "quickstart.yaml").read_text())["texts"]
     report = InterpretabilityPipeline(
-        model="smollm2", data={"texts": texts, "max_length": 64}, analyzers={"activation_stats": {}},
-        output_dir=tmp_path / "python_run", sinks=["rundir"], progress=False,
+        model="smollm2",
+        data={"texts": texts, "max_length": 64},
+        analyzers={"activation_stats": {}},
+        output_dir=tmp_path / "python_run",
+        sinks=["rundir"],
+        progress=False,
     ).run()
     cli_metrics = payload["analyzers"]["activation_stats"]["metrics"]
     api_metrics = report.payload["analyzers"]["activation_stats"]["metrics"]

@@ -19,9 +19,7 @@ IMPLEMENTATION_NAME = "interpsuite"
 PATTERN_ATTRIBUTE = "interpsuite_pattern"
 
 
-def _explicit_mask(
-    scores: torch.Tensor, attention_mask: torch.Tensor | None, is_causal: bool
-) -> torch.Tensor:
+def _explicit_mask(scores: torch.Tensor, attention_mask: torch.Tensor | None, is_causal: bool) -> torch.Tensor:
     """Apply the (boolean, additive or implicit causal) mask to raw attention scores."""
     minimum = torch.finfo(scores.dtype).min
     if attention_mask is None:
@@ -50,8 +48,15 @@ def interpsuite_attention_forward(
     pattern_hook = getattr(module, PATTERN_ATTRIBUTE, None)
     if pattern_hook is None or not pattern_hook.active:
         return sdpa_attention_forward(
-            module, query, key, value, attention_mask,
-            dropout=dropout, scaling=scaling, is_causal=is_causal, **kwargs,
+            module,
+            query,
+            key,
+            value,
+            attention_mask,
+            dropout=dropout,
+            scaling=scaling,
+            is_causal=is_causal,
+            **kwargs,
         )
     n_rep = getattr(module, "num_key_value_groups", 1)
     key = repeat_kv(key, n_rep)

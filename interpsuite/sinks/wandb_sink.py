@@ -29,7 +29,9 @@ class WandbSink(Sink):
         self.mode = options.get("mode", "offline")
         self._run = None
         if self.mode not in MODES:
-            warnings.warn(f"wandb.mode={self.mode!r} is not one of {MODES}; W&B disabled", WandbSinkWarning, stacklevel=2)
+            warnings.warn(
+                f"wandb.mode={self.mode!r} is not one of {MODES}; W&B disabled", WandbSinkWarning, stacklevel=2
+            )
             self.mode = "disabled"
         if self.mode == "disabled":
             return
@@ -49,8 +51,9 @@ class WandbSink(Sink):
                 reinit="create_new",
             )
         except Exception as err:  # never lose a run because W&B is unhappy
-            warnings.warn(f"W&B init failed ({type(err).__name__}: {err}); continuing without W&B",
-                          WandbSinkWarning, stacklevel=2)
+            warnings.warn(
+                f"W&B init failed ({type(err).__name__}: {err}); continuing without W&B", WandbSinkWarning, stacklevel=2
+            )
             self._run = None
 
     def write(self, analyzer: str, result: Result, entry: dict[str, Any]) -> None:
@@ -66,8 +69,9 @@ class WandbSink(Sink):
             self._run.log(data)
             self._run.summary[f"{analyzer}/status"] = result.status
         except Exception as err:
-            warnings.warn(f"W&B logging for {analyzer} failed: {type(err).__name__}: {err}",
-                          WandbSinkWarning, stacklevel=2)
+            warnings.warn(
+                f"W&B logging for {analyzer} failed: {type(err).__name__}: {err}", WandbSinkWarning, stacklevel=2
+            )
 
     def close(self, payload: dict[str, Any]) -> None:
         if self._run is None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 from interpsuite.hookspecs import hookimpl
 
 from .stats import ActivationStats

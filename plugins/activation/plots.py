@@ -18,7 +18,7 @@ PANELS = (
 def plot_layer_profile(table: pd.DataFrame, model_name: str, style: FigureStyle):
     """Per-layer curves of each statistic, one line per hook point."""
     fig, axes = style.figure(2, 2, scale=(1.3, 1.4))
-    for ax, (column, title, scale) in zip(axes.flat, PANELS):
+    for ax, (column, title, scale) in zip(axes.flat, PANELS, strict=True):
         for hook, frame in table.groupby("hook_point"):
             frame = frame.sort_values("layer")
             ax.plot(frame["layer"], frame[column], marker="o", markersize=3, label=hook)

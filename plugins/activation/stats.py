@@ -86,13 +86,15 @@ class MomentAccumulator:
     def units(self) -> pd.DataFrame:
         mean = self.unit_sum / self.tokens
         var = (self.unit_sumsq / self.tokens - mean**2).clamp_min(0)
-        return pd.DataFrame({
-            "unit": np.arange(len(mean)),
-            "mean": mean.numpy(),
-            "std": var.sqrt().numpy(),
-            "active_frac": (self.unit_active / self.tokens).numpy(),
-            "max_abs": self.unit_max_abs.numpy(),
-        })
+        return pd.DataFrame(
+            {
+                "unit": np.arange(len(mean)),
+                "mean": mean.numpy(),
+                "std": var.sqrt().numpy(),
+                "active_frac": (self.unit_active / self.tokens).numpy(),
+                "max_abs": self.unit_max_abs.numpy(),
+            }
+        )
 
 
 def direct_stats(x: torch.Tensor, near_zero: float) -> dict[str, float]:
@@ -126,9 +128,7 @@ class ActivationStats(Analyzer):
             raise ConfigError("activation_stats.hook_points is empty; e.g. [resid_post, mlp.post]")
         bad = [h for h in cfg.hook_points if h not in SUPPORTED_HOOKS]
         if bad:
-            raise ConfigError(
-                f"activation_stats.hook_points: {bad} not supported; choose from {list(SUPPORTED_HOOKS)}"
-            )
+            raise ConfigError(f"activation_stats.hook_points: {bad} not supported; choose from {list(SUPPORTED_HOOKS)}")
         check_layers(info, cfg.layers, "activation_stats.layers")
         if cfg.near_zero_threshold < 0 or cfg.dead_neuron_threshold < 0:
             raise ConfigError("activation_stats thresholds must be >= 0")
@@ -148,7 +148,9 @@ class ActivationStats(Analyzer):
             for key, name in names.items():
                 x = _tokens(cache[name], mask)
                 if key not in accumulators:
-                    accumulators[key] = MomentAccumulator(x.shape[1], cfg.near_zero_threshold, cfg.dead_neuron_threshold)
+                    accumulators[key] = MomentAccumulator(
+                        x.shape[1], cfg.near_zero_threshold, cfg.dead_neuron_threshold
+                    )
                 accumulators[key].update(x)
                 if reference is None:
                     reference = (key, x.clone())
@@ -160,8 +162,16 @@ class ActivationStats(Analyzer):
             units = acc.units()
             dead = int((units["active_frac"] == 0).sum())
             always_on = int((units["active_frac"] >= 0.999).sum())
-            rows.append({"hook_point": hook, "layer": layer, **stats, "units": len(units),
-                         "dead_units": dead, "always_on_units": always_on})
+            rows.append(
+                {
+                    "hook_point": hook,
+                    "layer": layer,
+                    **stats,
+                    "units": len(units),
+                    "dead_units": dead,
+                    "always_on_units": always_on,
+                }
+            )
             for stat in STATS:
                 result.metrics[f"{hook}.L{layer:02d}.{stat}"] = stats[stat]
             result.metrics[f"{hook}.L{layer:02d}.dead_frac"] = dead / len(units)

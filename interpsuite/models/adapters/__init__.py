@@ -16,9 +16,7 @@ def adapter_for(model_type: str) -> type[Adapter]:
         if model_type in adapter.model_types:
             return adapter
     supported = sorted(t for a in ADAPTERS for t in a.model_types)
-    raise ConfigError(
-        f"model type {model_type!r} has no interpsuite adapter; supported: {', '.join(supported)}"
-    )
+    raise ConfigError(f"model type {model_type!r} has no interpsuite adapter; supported: {', '.join(supported)}")
 
 
 __all__ = ["ADAPTERS", "Adapter", "adapter_for"]

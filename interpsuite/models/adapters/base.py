@@ -93,9 +93,9 @@ class Adapter:
             sites[prefix + "mlp.out"] = HookSite(self.mlp_output_projection(layer), "output")
             sites[prefix + "resid_post"] = HookSite(blocks[layer], "output")
         final = self.final_module()
-        sites["final"] = HookSite(final, "output") if final is not None else sites[
-            f"blocks.{self.info.n_layers - 1}.resid_post"
-        ]
+        sites["final"] = (
+            HookSite(final, "output") if final is not None else sites[f"blocks.{self.info.n_layers - 1}.resid_post"]
+        )
         unembed = self.unembed_module()
         if unembed is not None:
             sites["logits"] = HookSite(unembed, "output")

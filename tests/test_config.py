@@ -1,0 +1,63 @@
+"""Every shipped config composes and validates; config plumbing works for installed packages."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from interpsuite import InterpretabilityPipeline
+from interpsuite.config import compose, conf_dir
+
+REPO = Path(__file__).resolve().parents[1]
+EXPERIMENTS = sorted(p.stem for p in (REPO / "conf" / "experiment").glob("*.yaml"))
+MODELS = sorted(p.stem for p in (REPO / "conf" / "model").glob("*.yaml"))
+
+
+def test_the_package_finds_the_configs():
+    assert (conf_dir() / "config.yaml").is_file()
+    assert {p.stem for p in (conf_dir() / "experiment").glob("*.yaml")} == set(EXPERIMENTS)
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_every_experiment_composes_and_validates(experiment):
+    cfg = compose([f"+experiment={experiment}"])
+    assert cfg.analyzers, f"{experiment} selects no analyzer"
+    assert cfg.experiment_name == experiment
+    plan = InterpretabilityPipeline.from_config(cfg).validate()  # no weights are loaded
+    assert plan.inputs.count > 0
+    assert [a.name for a in plan.analyzers] == list(cfg.analyzers)
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_every_model_config_validates_with_the_quickstart(model):
+    cfg = compose(["+experiment=quickstart", f"model={model}"])
+    plan = InterpretabilityPipeline.from_config(cfg).validate()
+    assert plan.model_info.name == model
+
+
+def test_overrides_reach_the_analyzer_config():
+    cfg = compose(
+        ["+experiment=quickstart", "model=tiny_gpt2", "analyzers.activation_stats.layers=[1]", "batch_size=3"]
+    )
+    pipeline = InterpretabilityPipeline.from_config(cfg)
+    plan = pipeline.validate()
+    assert plan.analyzers[0].config.layers == [1]
+    assert pipeline.batch_size == 3
+
+
+def test_analyzer_group_adds_an_analyzer_with_its_defaults():
+    cfg = compose(["+analyzer=activation_stats", "model=tiny_llama"])
+    assert list(cfg.analyzers) == ["activation_stats"]
+    assert list(cfg.analyzers.activation_stats.hook_points) == ["resid_post", "mlp.post"]
+
+
+def test_inline_and_file_data_from_the_command_line(tmp_path):
+    cfg = compose(["+experiment=quickstart", "model=tiny_llama", "data.texts=[hello there,general text]"])
+    assert InterpretabilityPipeline.from_config(cfg).validate().inputs.texts == ["hello there", "general text"]
+    path = tmp_path / "texts.txt"
+    path.write_text("first line\n\nsecond line\n")
+    cfg = compose(
+        ["+experiment=quickstart", "model=tiny_llama", "data=english", "data.dataset=null", f"data.path={path}"]
+    )
+    assert InterpretabilityPipeline.from_config(cfg).validate().inputs.texts == ["first line", "second line"]
