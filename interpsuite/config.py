@@ -31,8 +31,9 @@ def searchpath_override(registry: PluginRegistry | None = None, user: Sequence[s
     """A `hydra.searchpath=[...]` override adding plugin config dirs (None if there are none)."""
     paths = plugin_search_path(registry)
     if not paths or any(arg.lstrip("+~").startswith("hydra.searchpath") for arg in user):
-        return None
-    return "hydra.searchpath=[" + ",".join(paths) + "]"
+        return None  # a user's own searchpath wins; they can list plugin dirs in it
+    quoted = ["'" + p.replace("\\", "\\\\").replace("'", "\\'") + "'" for p in paths]
+    return "hydra.searchpath=[" + ",".join(quoted) + "]"
 
 
 def compose(overrides: Sequence[str] = (), registry: PluginRegistry | None = None):

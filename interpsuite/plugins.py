@@ -79,7 +79,7 @@ def new_plugin_manager() -> pluggy.PluginManager:
 
 def load_entry_point_plugins(pm: pluggy.PluginManager) -> tuple[dict[str, str], list[str]]:
     """Register every entry point of the group; returns {plugin name: distribution}, warnings."""
-    only_own = os.environ.get(AUTOLOAD_ENV, "").strip() not in ("", "0", "false")
+    only_own = os.environ.get(AUTOLOAD_ENV, "").strip().lower() not in ("", "0", "false", "no", "off")
     blocked = {n.strip() for n in os.environ.get(BLOCK_ENV, "").split(",") if n.strip()}
     origins: dict[str, str] = {}
     problems: list[str] = []
@@ -100,8 +100,21 @@ def load_entry_point_plugins(pm: pluggy.PluginManager) -> tuple[dict[str, str], 
             problems.append(message)
             continue
         origins[key] = dist
-    pm.check_pending()
+    _check_pending(pm, origins)
     return origins, problems
+
+
+def _check_pending(pm: pluggy.PluginManager, origins: dict[str, str]) -> None:
+    """A misspelt hook implementation is an error naming the plugin and its distribution."""
+    try:
+        pm.check_pending()
+    except pluggy.PluginValidationError as err:
+        who = next((name for name in origins if pm.get_plugin(name) is err.plugin), str(err.plugin))
+        raise PluginError(
+            f"plugin {who!r} (distribution {origins.get(who, IN_PROCESS)!r}) implements a hook that "
+            f"interpsuite does not define: {err}. Hooks: interpsuite_analyzers, interpsuite_sinks, "
+            f"interpsuite_datasets, interpsuite_config_dirs"
+        ) from err
 
 
 def _collect(pm, hook_name: str, origins: dict[str, str], problems: list[str]):
@@ -156,7 +169,7 @@ def get_registry(extra_plugins: list[Any] | None = None) -> PluginRegistry:
         origins, problems = load_entry_point_plugins(pm)
         for plugin in extra_plugins:
             pm.register(plugin)
-        pm.check_pending()
+        _check_pending(pm, origins)
         return build_registry(pm, origins, problems)
     if _REGISTRY is None:
         pm = new_plugin_manager()

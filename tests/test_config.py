@@ -61,3 +61,21 @@ def test_inline_and_file_data_from_the_command_line(tmp_path):
         ["+experiment=quickstart", "model=tiny_llama", "data=english", "data.dataset=null", f"data.path={path}"]
     )
     assert InterpretabilityPipeline.from_config(cfg).validate().inputs.texts == ["first line", "second line"]
+
+
+def test_plugin_config_dirs_with_awkward_paths_join_the_search_path(tmp_path):
+    from interpsuite.hookspecs import hookimpl
+    from interpsuite.plugins import get_registry
+
+    conf = tmp_path / "odd dir,with 'quote'" / "conf"
+    (conf / "analyzer").mkdir(parents=True)
+    (conf / "analyzer" / "odd_stats.yaml").write_text("# @package analyzers.activation_stats\nlayers: [0]\n")
+
+    class OddPlugin:
+        @hookimpl
+        def interpsuite_config_dirs(self):
+            return [str(conf)]
+
+    registry = get_registry(extra_plugins=[OddPlugin()])
+    cfg = compose(["+analyzer=odd_stats", "model=tiny_llama"], registry=registry)
+    assert list(cfg.analyzers.activation_stats.layers) == [0]
