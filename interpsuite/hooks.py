@@ -11,6 +11,7 @@ N interventions a handful of batched forward passes: row i of a batch carries in
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import re
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -96,7 +97,8 @@ class Intervention:
     """One change to the activation at a hook point.
 
     - `op`: replace (`value`), add (`value`), zero, mean (`value` = the mean activation to
-      write; without `value`, the mean over the current batch's rows), resample (`value` =
+      write; without `value`, the mean over the batch rows `mean_over`, default all rows;
+      a sweep sets it to the item's own copy of the batch), resample (`value` =
       activations from other inputs, same shape), scale (`factor`).
     - `rows`: batch rows it applies to (None: all rows). This is what batches a sweep.
     - `heads`, `positions`, `units`: restrict it to some heads, token positions, or entries
@@ -114,6 +116,7 @@ class Intervention:
     heads: Index = None
     positions: Index = None
     units: Index = None
+    mean_over: Index = None
 
     def __post_init__(self) -> None:
         if self.op not in INTERVENTION_OPS:
@@ -123,9 +126,9 @@ class Intervention:
         if self.op == "scale" and self.factor is None:
             raise HookError(f"intervention 'scale' at {self.hook} needs a `factor`")
 
-    def with_rows(self, rows: Index) -> Intervention:
+    def with_rows(self, rows: Index, mean_over: Index = None) -> Intervention:
         """The same intervention applied to other batch rows."""
-        return Intervention(self.hook, self.op, self.value, self.factor, rows, self.heads, self.positions, self.units)
+        return dataclasses.replace(self, rows=rows, mean_over=mean_over)
 
 
 def _as_index(index: Index, size: int, device: torch.device) -> torch.Tensor | None:
@@ -203,8 +206,10 @@ def apply_intervention(x: torch.Tensor, iv: Intervention, site: HookSite) -> tor
         new = _broadcast_value(x, iv)
     elif iv.value is not None:  # mean with a supplied reference mean
         new = _broadcast_value(x, iv)
-    else:  # mean over the current batch rows
-        new = x.mean(dim=0, keepdim=True).expand_as(x)
+    else:  # mean over the batch rows `mean_over` (all rows by default)
+        over = _as_index(iv.mean_over, x.shape[0], x.device)
+        source = x if over is None else x.index_select(0, over)
+        new = source.mean(dim=0, keepdim=True).expand_as(x)
     mask = _selection_mask(x, iv, site)
     if mask is None:
         return new

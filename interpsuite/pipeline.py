@@ -7,6 +7,7 @@ minute. A failing analyzer is recorded as failed and the others still run.
 
 from __future__ import annotations
 
+import importlib.util
 import random
 import time
 import traceback
@@ -162,6 +163,8 @@ class InterpretabilityPipeline:
             raise ConfigError(f"batch_size must be >= 1, got {self.batch_size}")
         if self.table_format not in ("csv", "parquet"):
             raise ConfigError(f"table_format must be csv or parquet, got {self.table_format!r}")
+        if self.table_format == "parquet" and importlib.util.find_spec("pyarrow") is None:
+            raise ConfigError("table_format=parquet needs pyarrow: pip install 'interpsuite[parquet]'")
         for sink in self.sink_names:
             self.registry.sink(sink)
         planned = []

@@ -59,10 +59,22 @@ def install_example_plugin(target_dir: str | Path) -> Path:
         env = {**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1", "PIP_NO_INPUT": "1"}
         completed = subprocess.run(
             [
-                sys.executable, "-m", "pip", "install", "--no-deps", "--no-build-isolation",
-                "--no-index", "--target", str(target), str(source),
+                sys.executable,
+                "-m",
+                "pip",
+                "install",
+                "--no-deps",
+                "--no-build-isolation",
+                "--no-index",
+                "--target",
+                str(target),
+                str(source),
             ],
-            capture_output=True, text=True, env=env, cwd=scratch, check=False,
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd=scratch,
+            check=False,
         )
     if completed.returncode != 0:
         raise RuntimeError(

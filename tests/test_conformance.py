@@ -21,8 +21,17 @@ def registry(example_plugin):
     return registry
 
 
-def _analyzers(registry):
-    return sorted(registry.analyzers)
+def _run(model, analyzer_name, run_dir, registry):
+    """One analyzer with its default options, results to a run dir only."""
+    return InterpretabilityPipeline(
+        model=model,
+        data=TEXTS,
+        analyzers={analyzer_name: {}},
+        output_dir=run_dir,
+        sinks=["rundir"],
+        progress=False,
+        registry=registry,
+    ).run()
 
 
 def pytest_generate_tests(metafunc):
@@ -41,15 +50,7 @@ def test_analyzer_result_follows_the_contract(registry, tiny_models, analyzer_na
     if cls.requires_causal_lm and not model.info.is_causal:
         pytest.skip(f"{analyzer_name} needs a causal LM")
     before = model.hooks_left()
-    report = InterpretabilityPipeline(
-        model=model,
-        data=TEXTS,
-        analyzers={analyzer_name: {}},
-        output_dir=tmp_path,
-        sinks=["rundir"],
-        progress=False,
-        registry=registry,
-    ).run()
+    report = _run(model, analyzer_name, tmp_path, registry)
     payload = read_results(tmp_path)
     assert contract_errors(payload, tmp_path) == []
     entry = payload["analyzers"][analyzer_name]
@@ -70,15 +71,7 @@ def test_no_hook_survives_an_analyzer_that_raised(registry, tiny_models, analyze
 
     handle = last_block.register_forward_pre_hook(explode, with_kwargs=True)
     try:
-        report = InterpretabilityPipeline(
-            model=model,
-            data=TEXTS,
-            analyzers={analyzer_name: {}},
-            output_dir=tmp_path,
-            sinks=["rundir"],
-            progress=False,
-            registry=registry,
-        ).run()
+        report = _run(model, analyzer_name, tmp_path, registry)
     finally:
         handle.remove()
     entry = read_results(tmp_path)["analyzers"][analyzer_name]

@@ -174,6 +174,9 @@ def test_batched_sweep_equals_one_pass_per_intervention(tiny_model):
         [Intervention("blocks.1.mlp.post", "zero", units=[3, 4])],
         [],
         [Intervention("embed", "scale", factor=0.5)],
+        # batch-mean ablations must average over the item's own copy only
+        [Intervention("blocks.0.attn.z", "mean", heads=1)],
+        [Intervention("blocks.0.mlp.out", "zero"), Intervention("blocks.1.attn.z", "mean", heads=0)],
     ]
 
     def metric(out, rows):

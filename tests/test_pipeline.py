@@ -253,3 +253,18 @@ def test_quickstart_on_smollm2_cli_and_python_api_agree(tmp_path):
     assert cli_metrics.keys() == api_metrics.keys()
     for key, value in cli_metrics.items():
         assert api_metrics[key] == pytest.approx(value, rel=1e-9, abs=1e-12), key
+
+
+def test_parquet_tables_or_a_clear_message(tmp_path):
+    import importlib.util
+
+    pipeline = _pipeline(tmp_path, table_format="parquet")
+    if importlib.util.find_spec("pyarrow") is None:
+        with pytest.raises(ConfigError, match="needs pyarrow"):
+            pipeline.run()
+        return
+    import pandas as pd
+
+    report = pipeline.run()
+    rel = report.payload["analyzers"]["activation_stats"]["tables"]["layer_stats"]
+    assert rel.endswith(".parquet") and len(pd.read_parquet(report.run_dir / rel)) == 4

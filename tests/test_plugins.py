@@ -120,7 +120,12 @@ def test_cli_plugins_lists_example(example_plugin: Path, tmp_path: Path):
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(example_plugin), env.get("PYTHONPATH")]))
     completed = subprocess.run(
         [sys.executable, "-m", "interpsuite.cli", "plugins"],
-        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300, check=False,
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=300,
+        check=False,
     )
     assert completed.returncode == 0, completed.stderr
     lines = completed.stdout.splitlines()
@@ -139,7 +144,12 @@ def test_cli_plugins_without_example_on_path(tmp_path: Path):
     env = {k: v for k, v in os.environ.items() if k not in (plugins.AUTOLOAD_ENV, plugins.BLOCK_ENV)}
     completed = subprocess.run(
         [sys.executable, "-m", "interpsuite.cli", "plugins"],
-        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300, check=False,
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=300,
+        check=False,
     )
     assert completed.returncode == 0, completed.stderr
     assert BUILTIN_ANALYZER in completed.stdout
@@ -185,8 +195,12 @@ def test_example_norms_match_independent_forward(example_plugin: Path, tmp_path:
     model = load_model("tiny_llama")
     texts = ["some text here", "more text"]
     report = InterpretabilityPipeline(
-        model=model, data=texts, analyzers={EXAMPLE_ANALYZER: {"layer": 0, "top_k": 3}},
-        output_dir=tmp_path, sinks=["rundir"], progress=False,
+        model=model,
+        data=texts,
+        analyzers={EXAMPLE_ANALYZER: {"layer": 0, "top_k": 3}},
+        output_dir=tmp_path,
+        sinks=["rundir"],
+        progress=False,
     ).run()
     result = report.results[EXAMPLE_ANALYZER]
     assert result.status == "ok", result.error
@@ -206,14 +220,22 @@ def test_example_norms_match_independent_forward(example_plugin: Path, tmp_path:
 def test_example_validate_rejects_bad_layer_before_loading(example_plugin: Path, tmp_path: Path):
     plugins.reset_registry()
     pipeline = InterpretabilityPipeline(
-        model="tiny_llama", data=["x"], analyzers={EXAMPLE_ANALYZER: {"layer": 7}},
-        output_dir=tmp_path, sinks=["rundir"], progress=False,
+        model="tiny_llama",
+        data=["x"],
+        analyzers={EXAMPLE_ANALYZER: {"layer": 7}},
+        output_dir=tmp_path,
+        sinks=["rundir"],
+        progress=False,
     )
     with pytest.raises(ConfigError, match=r"example_token_norms\.layer: layer 7 out of range"):
         pipeline.validate()
     pipeline = InterpretabilityPipeline(
-        model="tiny_llama", data=["x"], analyzers={EXAMPLE_ANALYZER: {"top_k": 0}},
-        output_dir=tmp_path, sinks=["rundir"], progress=False,
+        model="tiny_llama",
+        data=["x"],
+        analyzers={EXAMPLE_ANALYZER: {"top_k": 0}},
+        output_dir=tmp_path,
+        sinks=["rundir"],
+        progress=False,
     )
     with pytest.raises(ConfigError, match="top_k"):
         pipeline.validate()
@@ -225,10 +247,14 @@ def test_hydra_selects_example_analyzer_through_plugin_config_dir(example_plugin
     assert EXAMPLE_ANALYZER in cfg.analyzers
     assert dict(cfg.analyzers[EXAMPLE_ANALYZER]) == {"layer": -1, "top_k": 5}
     assert BUILTIN_ANALYZER in cfg.analyzers  # the experiment's own analyzers are kept
-    cfg = compose([
-        "+experiment=quickstart", "model=tiny_llama", f"+analyzer={EXAMPLE_ANALYZER}",
-        f"analyzers.{EXAMPLE_ANALYZER}.top_k=2",
-    ])
+    cfg = compose(
+        [
+            "+experiment=quickstart",
+            "model=tiny_llama",
+            f"+analyzer={EXAMPLE_ANALYZER}",
+            f"analyzers.{EXAMPLE_ANALYZER}.top_k=2",
+        ]
+    )
     assert cfg.analyzers[EXAMPLE_ANALYZER].top_k == 2
 
 
@@ -258,9 +284,7 @@ def test_disable_autoload_hides_third_party_keeps_builtins(example_plugin: Path,
 
 
 def test_disable_autoload_also_skips_broken_plugins(fake_site: Path, monkeypatch):
-    make_fake_distribution(
-        fake_site, "interpsuite-broken-b", "interpsuite_broken_b", BROKEN_PLUGIN, "broken_b"
-    )
+    make_fake_distribution(fake_site, "interpsuite-broken-b", "interpsuite_broken_b", BROKEN_PLUGIN, "broken_b")
     monkeypatch.setenv(plugins.AUTOLOAD_ENV, "1")
     with warnings.catch_warnings():
         warnings.simplefilter("error", plugins.PluginLoadWarning)
@@ -290,9 +314,7 @@ def test_block_plugins_resolves_a_duplicate(fake_site: Path, monkeypatch):
 
 
 def test_duplicate_analyzer_name_names_both_distributions(fake_site: Path):
-    make_fake_distribution(
-        fake_site, "interpsuite-dup-plugin", "interpsuite_dup_plugin", DUPLICATE_PLUGIN, "dup"
-    )
+    make_fake_distribution(fake_site, "interpsuite-dup-plugin", "interpsuite_dup_plugin", DUPLICATE_PLUGIN, "dup")
     plugins.reset_registry()
     with pytest.raises(PluginError) as excinfo:
         plugins.get_registry()
@@ -319,9 +341,7 @@ def test_plugin_failing_to_import_warns_and_others_work(fake_site: Path):
 
 
 def test_broken_plugin_does_not_hide_example(example_plugin: Path, fake_site: Path):
-    make_fake_distribution(
-        fake_site, "interpsuite-broken-c", "interpsuite_broken_c", BROKEN_PLUGIN, "broken_c"
-    )
+    make_fake_distribution(fake_site, "interpsuite-broken-c", "interpsuite_broken_c", BROKEN_PLUGIN, "broken_c")
     plugins.reset_registry()
     with pytest.warns(plugins.PluginLoadWarning, match="broken_c"):
         registry = plugins.get_registry()
@@ -341,9 +361,7 @@ def test_misspelt_hookimpl_fails_check_pending():
 
 
 def test_misspelt_hookimpl_in_installed_plugin_fails_loading(fake_site: Path):
-    make_fake_distribution(
-        fake_site, "interpsuite-misspelt", "interpsuite_misspelt", MISSPELT_PLUGIN, "misspelt"
-    )
+    make_fake_distribution(fake_site, "interpsuite-misspelt", "interpsuite_misspelt", MISSPELT_PLUGIN, "misspelt")
     plugins.reset_registry()
     pm = plugins.new_plugin_manager()
     with pytest.raises(PluginError, match="interpsuite-misspelt.*interpsuite_analyzer"):

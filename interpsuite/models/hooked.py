@@ -237,8 +237,10 @@ class HookedModel:
             for copy, item in enumerate(chunk):
                 offset = copy * base
                 for iv in items[item]:
-                    rows = range(base) if iv.rows is None else torch.as_tensor(iv.rows).flatten().tolist()
-                    interventions.append(iv.with_rows([offset + r for r in rows]))
+                    rows = range(base) if iv.rows is None else _index_list(iv.rows)
+                    copy_rows = list(range(offset, offset + base))
+                    mean_over = copy_rows if iv.mean_over is None else [offset + r for r in _index_list(iv.mean_over)]
+                    interventions.append(iv.with_rows([offset + r for r in rows], mean_over))
             start = min(first_layer[i] for i in chunk)
             if use_prefix and start > 0:
                 resid = clean_resid[start].repeat(k, 1, 1)
@@ -257,6 +259,10 @@ class HookedModel:
 
     def hooks_left(self) -> int:
         return count_hooks(self.hf_model)
+
+
+def _index_list(index) -> list[int]:
+    return torch.as_tensor(index).flatten().tolist()
 
 
 def load_model(

@@ -66,12 +66,14 @@ class TokenNormAnalyzer(Analyzer):
             norms = norms.detach().cpu()
             for row, text_id in enumerate(batch.text_ids):
                 for position, token in enumerate(batch.tokens[row]):
-                    rows.append({
-                        "text": text_id,
-                        "position": position,
-                        "token": token,
-                        "norm": float(norms[row, position]),
-                    })
+                    rows.append(
+                        {
+                            "text": text_id,
+                            "position": position,
+                            "token": token,
+                            "norm": float(norms[row, position]),
+                        }
+                    )
         table = pd.DataFrame(rows, columns=["text", "position", "token", "norm"])
         result = Result()
         result.tables["token_norms"] = table
