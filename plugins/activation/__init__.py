@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from interpsuite.hookspecs import hookimpl
 
-from .stats import ActivationStats
+from .._family import collect_analyzers
+
+MODULES = ("stats", "max_activating", "concepts", "clustering", "store")
 
 
 @hookimpl
 def interpsuite_analyzers():
-    return [ActivationStats]
+    return collect_analyzers(__name__, MODULES)

@@ -226,3 +226,4 @@ class ActivationStats(Analyzer):
                 "norm_growth": round(float(frame["mean_norm"].iloc[-1] / frame["mean_norm"].iloc[0]), 3),
             }
         return summary
+ANALYZERS = [ActivationStats]
