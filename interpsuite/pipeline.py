@@ -288,6 +288,7 @@ class InterpretabilityPipeline:
             "figures": {},
             "checks": {k: c.to_dict() for k, c in result.checks.items()},
             "summary": result.summary,
+            "artifacts": {},
         }
 
     def _python_config(self) -> dict:

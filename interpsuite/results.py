@@ -46,6 +46,8 @@ class Result:
     figures: dict[str, Any] = field(default_factory=dict)
     checks: dict[str, Check] = field(default_factory=dict)
     summary: dict[str, Any] = field(default_factory=dict)
+    #: text files (self-contained HTML views, reports): name with suffix -> content
+    artifacts: dict[str, str] = field(default_factory=dict)
     status: str = "ok"
     error: str | None = None
     duration_s: float = 0.0
@@ -115,6 +117,9 @@ def contract_errors(payload: dict, run_dir: Path | None = None) -> list[str]:
             for rel in entry.get("tables", {}).values():
                 if not (run_dir / rel).is_file():
                     errors.append(f"{name}: table file {rel} missing")
+            for rel in entry.get("artifacts", {}).values():
+                if not (run_dir / rel).is_file():
+                    errors.append(f"{name}: artifact file {rel} missing")
             for paths in entry.get("figures", {}).values():
                 for rel in paths:
                     if not (run_dir / rel).is_file():

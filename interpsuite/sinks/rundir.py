@@ -42,6 +42,12 @@ class RunDirSink(Sink):
             else:
                 table.to_csv(path, index=False)
             entry["tables"][name] = rel.as_posix()
+        for name, text in result.artifacts.items():
+            rel = Path("artifacts") / folder / safe_name(name)
+            path = self.run.run_dir / rel
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text, encoding="utf-8")
+            entry.setdefault("artifacts", {})[name] = rel.as_posix()
         for name, figure in result.figures.items():
             paths = []
             for suffix in ("png", "pdf"):

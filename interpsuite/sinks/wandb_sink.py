@@ -66,6 +66,9 @@ class WandbSink(Sink):
                 data[f"{analyzer}/figures/{name}"] = self._wandb.Image(figure)
             for name, table in result.tables.items():
                 data[f"{analyzer}/tables/{name}"] = self._wandb.Table(dataframe=table)
+            for name, text in result.artifacts.items():
+                if name.endswith(".html"):
+                    data[f"{analyzer}/views/{name}"] = self._wandb.Html(text)
             self._run.log(data)
             self._run.summary[f"{analyzer}/status"] = result.status
         except Exception as err:
