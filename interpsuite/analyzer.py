@@ -6,6 +6,7 @@ Modelled on captum's Attribution classes: small, explicit capabilities, no hidde
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -101,6 +102,18 @@ class RunContext:
     seed: int = 0
     style: FigureStyle = field(default_factory=FigureStyle)
     show_progress: bool = True
+    #: the run directory, for analyzers that write bulk data of their own (activation stores)
+    run_dir: Path | None = None
+
+    def data_dir(self, analyzer: str) -> Path:
+        """A folder for an analyzer's bulk files: <run dir>/data/<analyzer> (a temp dir without a run dir)."""
+        if self.run_dir is None:
+            import tempfile
+
+            return Path(tempfile.mkdtemp(prefix=f"interpsuite-{analyzer}-"))
+        path = self.run_dir / "data" / analyzer
+        path.mkdir(parents=True, exist_ok=True)
+        return path
 
     def batches(self, desc: str = "batches") -> Iterator[TokenBatch]:
         texts = self.inputs.texts

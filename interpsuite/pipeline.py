@@ -223,6 +223,7 @@ class InterpretabilityPipeline:
         )
         n_tokens = sum(int(b.n_tokens) for b in model.batches(plan.inputs.texts, 64, self.data.max_length))
         run_dir = self._run_dir()
+        ctx.run_dir = run_dir
         run = RunInfo(
             run_dir=run_dir,
             experiment=self.experiment,
