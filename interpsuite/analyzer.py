@@ -6,9 +6,9 @@ Modelled on captum's Attribution classes: small, explicit capabilities, no hidde
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from omegaconf import OmegaConf
