@@ -44,8 +44,8 @@ class MomentAccumulator:
         self.norm_sum = 0.0
         self.tokens = 0
         self.max_abs = 0.0
-        self.unit_sum = torch.zeros(n_units, dtype=torch.float64)
-        self.unit_sumsq = torch.zeros(n_units, dtype=torch.float64)
+        self.unit_shift: torch.Tensor | None = None
+        self.unit_moments = torch.zeros(4, n_units, dtype=torch.float64)  # sums of (x - shift)^1..4
         self.unit_active = torch.zeros(n_units, dtype=torch.float64)
         self.unit_max_abs = torch.zeros(n_units, dtype=torch.float64)
 
@@ -64,8 +64,11 @@ class MomentAccumulator:
         self.tokens += x.shape[0]
         abs_x = x.abs()
         self.max_abs = max(self.max_abs, float(abs_x.max()))
-        self.unit_sum += x.sum(0)
-        self.unit_sumsq += (x**2).sum(0)
+        if self.unit_shift is None:
+            self.unit_shift = x.mean(0)
+        unit_centred = x - self.unit_shift
+        squared = unit_centred**2
+        self.unit_moments += torch.stack([unit_centred, squared, squared * unit_centred, squared**2]).sum(1)
         self.unit_active += (abs_x > self.dead).sum(0)
         self.unit_max_abs = torch.maximum(self.unit_max_abs, abs_x.max(0).values)
 
@@ -84,13 +87,17 @@ class MomentAccumulator:
         }
 
     def units(self) -> pd.DataFrame:
-        mean = self.unit_sum / self.tokens
-        var = (self.unit_sumsq / self.tokens - mean**2).clamp_min(0)
+        s1, s2, s3, s4 = self.unit_moments / self.tokens
+        var = (s2 - s1**2).clamp_min(0)
+        m4 = s4 - 4 * s1 * s3 + 6 * s1**2 * s2 - 3 * s1**4
+        kurtosis = torch.where(var > 1e-24, m4 / var.clamp_min(1e-24) ** 2 - 3.0, torch.full_like(var, float("nan")))
         return pd.DataFrame(
             {
-                "unit": np.arange(len(mean)),
-                "mean": mean.numpy(),
+                "unit": np.arange(len(s1)),
+                "mean": (s1 + self.unit_shift).numpy(),
                 "std": var.sqrt().numpy(),
+                "kurtosis": kurtosis.numpy(),
+                "sparsity": (1 - self.unit_active / self.tokens).numpy(),
                 "active_frac": (self.unit_active / self.tokens).numpy(),
                 "max_abs": self.unit_max_abs.numpy(),
             }
@@ -110,6 +117,14 @@ def direct_stats(x: torch.Tensor, near_zero: float) -> dict[str, float]:
         "kurtosis": float((centred**4).mean()) / m2**2 - 3.0,
         "max_abs": float(x.abs().max()),
     }
+
+
+def _unit_error(units: pd.DataFrame, x: torch.Tensor) -> float:
+    """Largest relative error of streamed per-unit mean/std against a one-shot computation."""
+    x = x.to(torch.float64)
+    direct = {"mean": x.mean(0), "std": x.std(0, unbiased=False)}
+    scale = x.abs().max().clamp_min(1e-12)
+    return max(float((torch.as_tensor(units[k].to_numpy()) - v).abs().max() / scale) for k, v in direct.items())
 
 
 def _tokens(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -190,10 +205,14 @@ class ActivationStats(Analyzer):
         if reference is not None:
             (key, x) = reference
             fresh = MomentAccumulator(x.shape[1], cfg.near_zero_threshold, cfg.dead_neuron_threshold)
-            fresh.update(x)
+            half = max(1, x.shape[0] // 2)  # two updates, so the streaming merge is exercised
+            fresh.update(x[:half])
+            if half < x.shape[0]:
+                fresh.update(x[half:])
             streamed, direct = fresh.summary(), direct_stats(x, cfg.near_zero_threshold)
             error = max(abs(streamed[k] - direct[k]) / max(abs(direct[k]), 1e-12) for k in STATS)
             result.add_check("streaming_matches_direct", error, 1e-6)
+            result.add_check("unit_streaming_matches_direct", _unit_error(fresh.units(), x), 1e-6)
         result.summary = self._summary(table)
         return result
 
@@ -226,4 +245,6 @@ class ActivationStats(Analyzer):
                 "norm_growth": round(float(frame["mean_norm"].iloc[-1] / frame["mean_norm"].iloc[0]), 3),
             }
         return summary
+
+
 ANALYZERS = [ActivationStats]
