@@ -124,7 +124,7 @@ def _unit_error(units: pd.DataFrame, x: torch.Tensor) -> float:
     x = x.to(torch.float64)
     direct = {"mean": x.mean(0), "std": x.std(0, unbiased=False)}
     scale = x.abs().max().clamp_min(1e-12)
-    return max(float((torch.as_tensor(units[k].to_numpy()) - v).abs().max() / scale) for k, v in direct.items())
+    return max(float((torch.tensor(units[k].to_numpy(copy=True)) - v).abs().max() / scale) for k, v in direct.items())
 
 
 def _tokens(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
