@@ -1,0 +1,14 @@
+"""The `attribution` analyzer family (built-in plugin, registered via the entry-point group)."""
+
+from __future__ import annotations
+
+from interpsuite.hookspecs import hookimpl
+
+from .._family import collect_analyzers
+
+MODULES = ("token_attribution",)
+
+
+@hookimpl
+def interpsuite_analyzers():
+    return collect_analyzers(__name__, MODULES)

@@ -1,0 +1,256 @@
+"""token_attribution: per-token attribution scores of several methods for the same input and target,
+and how far the methods agree (Spearman rank correlation, top-k overlap).
+
+Inputs: the run's texts (`ctx.inputs`, first `max_texts`); a .jsonl with per-text targets is a
+later addition. Targets: see `targets.py` (causal LMs: top prediction, a token, or a logit
+difference; encoders: pooled-embedding norm or cosine to `reference_text`). Methods: see
+`methods.py`. Checks: integrated-gradients completeness per text (and SHAP efficiency when shap is
+selected); a failing check stays visible in the result.
+"""
+
+from __future__ import annotations
+
+import html
+import itertools
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+import torch
+
+from interpsuite.analyzer import Analyzer, RunContext
+from interpsuite.errors import ConfigError
+from interpsuite.models import ModelInfo
+from interpsuite.results import Result
+
+from .methods import BASELINES, AttributionProblem, available_methods, get_method
+from .plots import plot_method_agreement, plot_token_heatmap
+from .targets import resolve_target
+
+COMPLETENESS_THRESHOLD = 0.05
+
+
+@dataclass
+class TokenAttributionConfig:
+    methods: list[str] = field(default_factory=lambda: ["saliency", "grad_x_input", "integrated_gradients"])
+    target: str | None = None
+    contrast: str | None = None
+    allow_first_piece: bool = False
+    reference_text: str | None = None
+    baseline: str = "pad_keep_first"
+    n_steps: int = 50
+    max_steps: int = 800
+    internal_batch_size: int = 64
+    ig_method: str = "gausslegendre"
+    n_samples: int = 200
+    top_k: int = 3
+    max_texts: int = 4
+
+
+def spearman(a: np.ndarray, b: np.ndarray) -> float:
+    ra, rb = pd.Series(a).rank().to_numpy(), pd.Series(b).rank().to_numpy()
+    if ra.std() == 0 or rb.std() == 0:
+        return float("nan")
+    return float(np.corrcoef(ra, rb)[0, 1])
+
+
+def topk_overlap(a: np.ndarray, b: np.ndarray, k: int) -> float:
+    """|top-k(a) ∩ top-k(b)| / k, ranking tokens by |score|."""
+    k = min(k, len(a))
+    top_a, top_b = set(np.argsort(-np.abs(a))[:k]), set(np.argsort(-np.abs(b))[:k])
+    return len(top_a & top_b) / k
+
+
+class TokenAttribution(Analyzer):
+    name = "token_attribution"
+    family = "attribution"
+    description = (
+        "per-token saliency / grad x input / integrated gradients / occlusion (/ lime / shap) and their agreement"
+    )
+    Config = TokenAttributionConfig
+
+    def validate(self, info: ModelInfo, cfg: TokenAttributionConfig) -> None:
+        if not cfg.methods:
+            raise ConfigError(f"token_attribution.methods is empty; choose from {available_methods()}")
+        for name in cfg.methods:
+            get_method(name)  # unknown name -> ConfigError listing the available ones
+        if len(set(cfg.methods)) != len(cfg.methods):
+            raise ConfigError(f"token_attribution.methods has duplicates: {cfg.methods}")
+        if cfg.baseline not in BASELINES:
+            raise ConfigError(f"token_attribution.baseline {cfg.baseline!r} unknown; choose from {list(BASELINES)}")
+        if cfg.ig_method not in ("gausslegendre", "riemann_trapezoid", "riemann_middle"):
+            raise ConfigError("token_attribution.ig_method: use gausslegendre, riemann_trapezoid or riemann_middle")
+        if cfg.n_steps < 2 or cfg.max_steps < cfg.n_steps:
+            raise ConfigError("token_attribution: need n_steps >= 2 and max_steps >= n_steps")
+        if cfg.internal_batch_size < 1 or cfg.max_texts < 1 or cfg.top_k < 1 or cfg.n_samples < 1:
+            raise ConfigError("token_attribution: internal_batch_size, max_texts, top_k, n_samples must be >= 1")
+        if not info.is_causal and (cfg.target is not None or cfg.contrast is not None):
+            raise ConfigError(
+                f"{info.name} is an encoder (no LM head): target/contrast do not apply; leave them unset "
+                "(pooled-embedding norm) or set reference_text (cosine similarity)"
+            )
+        if cfg.contrast is not None and cfg.target is None:
+            raise ConfigError("token_attribution.contrast needs a target too (e.g. ' positive' vs ' negative')")
+
+    def run(self, ctx: RunContext) -> Result:
+        cfg: TokenAttributionConfig = self.cfg
+        model = ctx.model
+        texts = ctx.inputs.texts[: cfg.max_texts]
+        empty = [i for i, t in enumerate(texts) if not t.strip()]
+        if empty:
+            raise ConfigError(f"token_attribution: text(s) {empty} are empty; remove them from the inputs")
+        options = {
+            "baseline": cfg.baseline,
+            "n_steps": cfg.n_steps,
+            "max_steps": cfg.max_steps,
+            "tolerance": COMPLETENESS_THRESHOLD,
+            "internal_batch_size": cfg.internal_batch_size,
+            "ig_method": cfg.ig_method,
+            "n_samples": cfg.n_samples,
+            "seed": ctx.seed,
+        }
+        result = Result()
+        rows, pairs, per_text = [], [], []
+        for text_id, text in enumerate(ctx.progress(texts, desc="token_attribution")):
+            batch = model.tokenize([text], ctx.max_length)
+            ids = batch.input_ids[:, : int(batch.lengths[0])]
+            spec = resolve_target(model, ids, cfg.target, cfg.contrast, cfg.allow_first_piece, cfg.reference_text)
+            with torch.no_grad():
+                embeds = model.hf_model.get_input_embeddings()(ids).detach().float()
+            problem = AttributionProblem(model, ids, embeds, spec)
+            with torch.no_grad():
+                value = float(problem.forward(embeds)[0])
+            scores, infos = {}, {}
+            for name in cfg.methods:
+                out = get_method(name)(problem, options)
+                scores[name], infos[name] = out.scores, out.info
+            tokens = batch.tokens[0]
+            for pos, tok in enumerate(tokens):
+                rows.append({"text_id": text_id, "position": pos, "token": tok, **{m: scores[m][pos] for m in scores}})
+            for a, b in itertools.combinations(cfg.methods, 2):
+                pairs.append(
+                    {
+                        "text_id": text_id,
+                        "method_a": a,
+                        "method_b": b,
+                        "spearman": spearman(scores[a], scores[b]),
+                        "topk_overlap": topk_overlap(scores[a], scores[b], cfg.top_k),
+                    }
+                )
+            entry = {"text_id": text_id, "target": spec.label, "target_value": value, "n_tokens": len(tokens)}
+            if spec.note:
+                entry["note"] = spec.note
+            if "integrated_gradients" in infos:
+                ig = infos["integrated_gradients"]
+                result.add_check(f"ig_completeness.text{text_id}", ig["completeness_error"], COMPLETENESS_THRESHOLD)
+                result.metrics[f"ig_completeness_error.text{text_id}"] = float(ig["completeness_error"])
+                result.metrics[f"ig_steps.text{text_id}"] = float(ig["steps"])
+                entry.update(ig_steps=ig["steps"], ig_completeness_error=ig["completeness_error"])
+                if not ig["passed"]:
+                    entry["ig_warning"] = (
+                        f"completeness {ig['completeness_error']:.3g} > {COMPLETENESS_THRESHOLD} at max_steps "
+                        f"{cfg.max_steps}: IG did not converge; raise max_steps or change the baseline"
+                    )
+            if "shap" in infos:
+                result.add_check(f"shap_efficiency.text{text_id}", infos["shap"]["efficiency_error"], 1e-3)
+            entry["top_tokens"] = {m: [tokens[i] for i in np.argsort(-np.abs(scores[m]))[: cfg.top_k]] for m in scores}
+            per_text.append(entry)
+            if text_id == 0:
+                title = f"text 0: {spec.label}"
+                result.figures["token_heatmap"] = plot_token_heatmap(tokens, scores, title, ctx.style)
+        result.tables["token_scores"] = pd.DataFrame(rows)
+        if pairs:
+            result.tables["method_agreement"] = pd.DataFrame(pairs)
+            result.figures["method_agreement"] = plot_method_agreement(result.tables["method_agreement"], ctx.style)
+        result.metrics["texts"] = float(len(texts))
+        result.summary = {"methods": list(cfg.methods), "texts": per_text, "available_methods": available_methods()}
+        return result
+
+
+def _cell(token: str, score: float, scale: float) -> str:
+    a = min(abs(score) / scale, 1.0) if scale > 0 else 0.0
+    colour = f"rgba(214,39,40,{a:.3f})" if score > 0 else f"rgba(31,119,180,{a:.3f})"
+    return f'<span class="t" style="background:{colour}" title="{score:.4g}">{html.escape(token)}</span>'
+
+
+def explanation_html(
+    text: str, predictions: list[dict], scores: dict[str, np.ndarray], tokens: list[str], summary: str
+):
+    """One self-contained page: top predictions and a red (positive) / blue (negative) heatmap per method."""
+    rows = "".join(
+        f"<tr><td>{html.escape(repr(p['token']))}</td><td>{p['probability']:.3f}</td></tr>" for p in predictions
+    )
+    maps = "".join(
+        f'<h3>{html.escape(m)}</h3><div class="map">'
+        + "".join(_cell(t, float(v), float(np.abs(s).max())) for t, v in zip(tokens, s, strict=True))
+        + "</div>"
+        for m, s in scores.items()
+    )
+    style = (
+        "body{font-family:sans-serif;margin:2em}.t{white-space:pre;padding:2px 1px;border-radius:3px;"
+        "font-family:monospace}.map{line-height:2em}table{border-collapse:collapse}td{padding:2px 8px}"
+    )
+    return (
+        f'<!DOCTYPE html><html><head><meta charset="utf-8"><title>explain_prediction</title><style>{style}'
+        f"</style></head><body><h2>Input</h2><p>{html.escape(text)}</p><h2>Top predictions</h2><table>{rows}"
+        f"</table><h2>Summary</h2><p>{html.escape(summary)}</p><h2>Attributions</h2>"
+        "<p>red: pushes the target up; blue: pushes it down (each method scaled by its max |score|; hover for values)"
+        f"</p>{maps}</body></html>"
+    )
+
+
+@dataclass
+class ExplainPredictionConfig(TokenAttributionConfig):
+    top_predictions: int = 5
+    max_texts: int = 1
+
+
+class ExplainPrediction(TokenAttribution):
+    """The model's top next-token predictions for one input and why: attributions of each method
+    to the target (default: the top prediction), a plain-language summary, JSON + one HTML page."""
+
+    name = "explain_prediction"
+    family = "attribution"
+    description = "top predictions, per-method token attributions, a plain summary and an HTML heatmap page"
+    requires_causal_lm = True
+    Config = ExplainPredictionConfig
+
+    def run(self, ctx: RunContext) -> Result:
+        cfg: ExplainPredictionConfig = self.cfg
+        result = super().run(ctx)
+        model = ctx.model
+        scores_table = result.tables["token_scores"]
+        pages = []
+        for entry in result.summary["texts"]:
+            text_id = entry["text_id"]
+            text = ctx.inputs.texts[text_id]
+            batch = model.tokenize([text], ctx.max_length)
+            with torch.no_grad():
+                logits = model.forward(batch, logits_to_keep=batch.last_index[:, None]).output[0, -1].float()
+            probs = torch.softmax(logits, -1)
+            top = torch.topk(probs, min(cfg.top_predictions, probs.shape[0]))
+            predictions = [
+                {"token": model.tokenizer.decode([int(i)]), "probability": float(p)}
+                for p, i in zip(top.values, top.indices, strict=True)
+            ]
+            rows = scores_table[scores_table["text_id"] == text_id]
+            tokens = rows["token"].tolist()
+            scores = {m: rows[m].to_numpy() for m in cfg.methods}
+            ref = "integrated_gradients" if "integrated_gradients" in scores else cfg.methods[-1]
+            order = np.argsort(-scores[ref])
+            ups = [f"{tokens[i]!r} ({scores[ref][i]:+.3g})" for i in order[: cfg.top_k] if scores[ref][i] > 0]
+            downs = [f"{tokens[i]!r} ({scores[ref][i]:+.3g})" for i in order[::-1][: cfg.top_k] if scores[ref][i] < 0]
+            summary = (
+                f"The model's top prediction is {predictions[0]['token']!r} (p={predictions[0]['probability']:.2f}). "
+                f"Target: {entry['target']}. By {ref}, the tokens pushing it up most are {', '.join(ups) or 'none'}"
+                f"; pushing it down most: {', '.join(downs) or 'none'}."
+            )
+            entry.update(predictions=predictions, explanation=summary)
+            pages.append(explanation_html(text, predictions, scores, tokens, summary))
+            result.metrics[f"top_probability.text{text_id}"] = predictions[0]["probability"]
+        for i, page in enumerate(pages):  # one self-contained page per text
+            result.artifacts["explain_prediction.html" if i == 0 else f"explain_prediction_text{i}.html"] = page
+        return result
+
+
+ANALYZERS = [TokenAttribution, ExplainPrediction]
