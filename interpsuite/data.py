@@ -29,6 +29,8 @@ class DataConfig:
     path: str | None = None
     dataset: str | None = None
     text_field: str = "text"
+    #: .jsonl/.csv: an optional per-text field some analyzers read (e.g. an attribution target)
+    target_field: str = "target"
     limit: int | None = None
     max_length: int | None = 128
 
@@ -37,6 +39,7 @@ class DataConfig:
 class Inputs:
     texts: list[str]
     source: str
+    #: per-text side information aligned with `texts`, e.g. extra["targets"] (None where absent)
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -81,6 +84,25 @@ def _read_csv(path: Path, text_field: str) -> list[str]:
 READERS = {".txt": "txt", ".jsonl": "jsonl", ".csv": "csv"}
 
 
+def read_targets(path: Path, text_field: str, target_field: str) -> list[str | None] | None:
+    """The per-text `target_field` of a .jsonl/.csv file (None where a record lacks it), or
+    None when no record has it. Aligned with `read_file` before blank texts are dropped."""
+    if path.suffix.lower() == ".jsonl":
+        records = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        targets = [r.get(target_field) if isinstance(r, dict) else None for r in records]
+    elif path.suffix.lower() == ".csv":
+        with path.open(newline="", encoding="utf-8") as handle:
+            reader = csv.DictReader(handle)
+            if target_field not in (reader.fieldnames or []):
+                return None
+            targets = [row[target_field] or None for row in reader]
+    else:
+        return None
+    if all(t is None for t in targets):
+        return None
+    return [None if t is None else str(t) for t in targets]
+
+
 def read_file(path: str | Path, text_field: str = "text") -> list[str]:
     path = Path(path).expanduser()
     if not path.is_file():
@@ -111,12 +133,16 @@ def load_inputs(cfg: DataConfig, datasets: dict[str, Any]) -> Inputs:
         texts, source = list(datasets[cfg.dataset].obj.load()), f"dataset:{cfg.dataset}"
     else:
         raise ConfigError("no inputs: set data.texts=[...], data.path=<file> or data.dataset=<name>")
-    texts = [t for t in texts if t.strip()]
+    targets = read_targets(Path(cfg.path).expanduser(), cfg.text_field, cfg.target_field) if cfg.path else None
+    keep = [i for i, t in enumerate(texts) if t.strip()]
     if cfg.limit is not None:
-        texts = texts[: cfg.limit]
-    if not texts:
+        keep = keep[: cfg.limit]
+    if not keep:
         raise ConfigError(f"the input set from {source} is empty; give at least one non-empty text")
-    return Inputs(texts, source)
+    inputs = Inputs([texts[i] for i in keep], source)
+    if targets is not None:
+        inputs.extra["targets"] = [targets[i] for i in keep]
+    return inputs
 
 
 def as_data_config(data: DataConfig | dict | Sequence[str] | str | None) -> DataConfig:

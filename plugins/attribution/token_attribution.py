@@ -1,11 +1,12 @@
 """token_attribution: per-token attribution scores of several methods for the same input and target,
 and how far the methods agree (Spearman rank correlation, top-k overlap).
 
-Inputs: the run's texts (`ctx.inputs`, first `max_texts`); a .jsonl with per-text targets is a
-later addition. Targets: see `targets.py` (causal LMs: top prediction, a token, or a logit
-difference; encoders: pooled-embedding norm or cosine to `reference_text`). Methods: see
-`methods.py`. Checks: integrated-gradients completeness per text (and SHAP efficiency when shap is
-selected); a failing check stays visible in the result.
+Inputs: the run's texts (`ctx.inputs`, first `max_texts`); a .jsonl/.csv input with a `target`
+field (`data.target_field`) gives each text its own target (causal LMs). Targets: see
+`targets.py` (causal LMs: top prediction, a token, or a logit difference; encoders:
+pooled-embedding norm or cosine to `reference_text`). Methods: see `methods.py`. Checks:
+integrated-gradients completeness per text (and SHAP efficiency when shap is selected); a
+failing check stays visible in the result.
 """
 
 from __future__ import annotations
@@ -111,10 +112,14 @@ class TokenAttribution(Analyzer):
         }
         result = Result()
         rows, pairs, per_text = [], [], []
+        per_text_targets = ctx.inputs.extra.get("targets") if model.info.is_causal else None
         for text_id, text in enumerate(ctx.progress(texts, desc="token_attribution")):
             batch = model.tokenize([text], ctx.max_length)
             ids = batch.input_ids[:, : int(batch.lengths[0])]
-            spec = resolve_target(model, ids, cfg.target, cfg.contrast, cfg.allow_first_piece, cfg.reference_text)
+            target = cfg.target
+            if per_text_targets is not None and per_text_targets[text_id] is not None:
+                target = per_text_targets[text_id]  # the data file's own target for this text wins
+            spec = resolve_target(model, ids, target, cfg.contrast, cfg.allow_first_piece, cfg.reference_text)
             with torch.no_grad():
                 embeds = model.hf_model.get_input_embeddings()(ids).detach().float()
             problem = AttributionProblem(model, ids, embeds, spec)
