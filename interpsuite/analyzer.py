@@ -6,6 +6,7 @@ Modelled on captum's Attribution classes: small, explicit capabilities, no hidde
 from __future__ import annotations
 
 import dataclasses
+from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,7 +29,7 @@ class NoConfig:
     """For analyzers without options."""
 
 
-class Analyzer:
+class Analyzer(ABC):
     """Base class for analyzers.
 
     - `name`: unique; configs select the analyzer with `analyzers.<name>`.
@@ -48,11 +49,12 @@ class Analyzer:
     def __init__(self, cfg: Any = None):
         self.cfg = cfg if cfg is not None else self.Config()
 
-    def validate(self, info: ModelInfo, cfg: Any) -> None:
-        """Raise ConfigError for anything wrong that can be seen without weights."""
+    def validate(self, info: ModelInfo, cfg: Any) -> None:  # noqa: B027 - optional, not abstract
+        """Raise ConfigError for anything wrong that can be seen without weights (default: nothing)."""
 
-    def run(self, ctx: RunContext) -> Result:  # pragma: no cover - abstract
-        raise NotImplementedError
+    @abstractmethod
+    def run(self, ctx: RunContext) -> Result:
+        """The analysis: read `ctx.model` through captures/interventions, return a Result."""
 
 
 def build_config(analyzer: type[Analyzer], options: Any) -> Any:

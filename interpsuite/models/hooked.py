@@ -122,13 +122,33 @@ class HookedModel:
             chunk = texts[start : start + batch_size]
             yield self.tokenize(chunk, max_length, range(start, start + len(chunk)))
 
+    def token_id(self, text: str, what: str = "target", allow_first_piece: bool = False) -> tuple[int, str]:
+        """(id, note) of a one-token string such as ' Mary'; empty, unknown and multi-piece strings
+        are refused naming the pieces (or, with allow_first_piece, the first piece is used and
+        `note` says so)."""
+        if not text:
+            raise ConfigError(f"{what} is an empty string; give a token such as ' Mary'")
+        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        pieces = self.tokenizer.convert_ids_to_tokens(ids)
+        unk = self.tokenizer.unk_token_id
+        if not ids or (unk is not None and unk in ids):
+            raise ConfigError(f"{what} {text!r} is not in the vocabulary of {self.info.name} (pieces {pieces})")
+        if len(ids) > 1:
+            if not allow_first_piece:
+                raise ConfigError(
+                    f"{what} {text!r} is split by the tokenizer into {len(ids)} pieces {pieces}, not one; give a "
+                    f"single-token {what} or set allow_first_piece: true to use the first piece {pieces[0]!r}"
+                )
+            return int(ids[0]), f"{what} {text!r} is {len(ids)} pieces {pieces}: using the first piece {pieces[0]!r}"
+        if not 0 <= int(ids[0]) < self.info.vocab_size:
+            raise ConfigError(
+                f"{what} {text!r} has id {ids[0]} outside the model's vocabulary ({self.info.vocab_size})"
+            )
+        return int(ids[0]), ""
+
     def to_single_token(self, text: str) -> int:
         """The id of a one-token string (e.g. ' Mary'); a clear error otherwise."""
-        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
-        if len(ids) != 1:
-            pieces = self.tokenizer.convert_ids_to_tokens(ids)
-            raise ConfigError(f"target {text!r} is {len(ids)} tokens {pieces}, not one; pick a single-token target")
-        return int(ids[0])
+        return self.token_id(text)[0]
 
     # --- hook points -------------------------------------------------------------------
     @property
@@ -221,7 +241,7 @@ class HookedModel:
         first_layer = [min(layer, self.info.n_layers - 1) for layer in first_layer]
         order = sorted(range(n_items), key=lambda i: first_layer[i])
         clean_resid: dict[int, torch.Tensor] = {}
-        use_prefix = reuse_prefix and self.adapter.supports_forward_from
+        use_prefix = reuse_prefix
         if use_prefix:
             needed = sorted({first_layer[i] for i in order if first_layer[i] > 0})
             if needed:

@@ -31,27 +31,6 @@ class TargetSpec:
     note: str = ""
 
 
-def token_id(model, text: str, what: str, allow_first_piece: bool = False) -> tuple[int, str]:
-    """Id of a one-piece string; (id, note). Refuses empty/unknown/multi-piece strings clearly."""
-    if not text:
-        raise ConfigError(f"{what} is an empty string; give a token such as ' Mary'")
-    ids = model.tokenizer(text, add_special_tokens=False)["input_ids"]
-    pieces = model.tokenizer.convert_ids_to_tokens(ids)
-    unk = model.tokenizer.unk_token_id
-    if not ids or (unk is not None and unk in ids):
-        raise ConfigError(f"{what} {text!r} is not in the vocabulary of {model.info.name} (pieces {pieces})")
-    if len(ids) > 1:
-        if not allow_first_piece:
-            raise ConfigError(
-                f"{what} {text!r} is split by the tokenizer into {len(ids)} pieces {pieces}; give a single-token "
-                f"{what} or set allow_first_piece: true to use the first piece {pieces[0]!r}"
-            )
-        return int(ids[0]), f"{what} {text!r} is {len(ids)} pieces {pieces}: using the first piece {pieces[0]!r}"
-    if not 0 <= int(ids[0]) < model.info.vocab_size:
-        raise ConfigError(f"{what} {text!r} has id {ids[0]} outside the model's vocabulary ({model.info.vocab_size})")
-    return int(ids[0]), ""
-
-
 def pooled(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Mean over real tokens: [B, T, D], [B, T] -> [B, D]."""
     m = mask.to(hidden.dtype).unsqueeze(-1)
@@ -112,11 +91,11 @@ def resolve_target(
         tid = int(logits[0, -1].argmax())
         label = f"logit of top prediction {model.tokenizer.decode([tid])!r}"
         return TargetSpec("logit", target_id=tid, label=label)
-    tid, note = token_id(model, target, "target", allow_first_piece)
+    tid, note = model.token_id(target, "target", allow_first_piece)
     notes.append(note)
     if contrast is None:
         return TargetSpec("logit", target_id=tid, label=f"logit of {target!r}", note=" ".join(n for n in notes if n))
-    cid, note = token_id(model, contrast, "contrast", allow_first_piece)
+    cid, note = model.token_id(contrast, "contrast", allow_first_piece)
     notes.append(note)
     if cid == tid:
         raise ConfigError(f"target and contrast are the same token ({target!r}); pick two different tokens")

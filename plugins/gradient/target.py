@@ -37,22 +37,6 @@ class Target:
         )
 
 
-def single_token(model, text: str, what: str) -> int:
-    """The id of a one-piece string; a ConfigError naming the pieces otherwise."""
-    if not text:
-        raise ConfigError(f"{what} is an empty string; give a single token such as ' Mary' or null")
-    ids = model.tokenizer(text, add_special_tokens=False)["input_ids"]
-    pieces = model.tokenizer.convert_ids_to_tokens(ids)
-    unk = model.tokenizer.unk_token_id
-    if not ids or (unk is not None and unk in ids):
-        raise ConfigError(f"{what} {text!r} is not in the vocabulary of {model.info.name} (pieces {pieces})")
-    if len(ids) != 1:
-        raise ConfigError(
-            f"{what} {text!r} is split by the tokenizer into {len(ids)} pieces {pieces}; give a single-token {what}"
-        )
-    return int(ids[0])
-
-
 def check_target_options(info, target: str | None, contrast: str | None, what: str) -> None:
     """Weight-free validation of target/contrast options."""
     if not info.is_causal and (target is not None or contrast is not None):
@@ -69,10 +53,10 @@ def resolve_target(model, target: str | None, contrast: str | None) -> Target:
         return Target("pooled_norm")
     if target is None:
         return Target("top")
-    target_id = single_token(model, target, "target")
+    target_id = model.token_id(target, "target")[0]
     if contrast is None:
         return Target("logit", target_id, text=f"logit of {target!r}")
-    contrast_id = single_token(model, contrast, "contrast")
+    contrast_id = model.token_id(contrast, "contrast")[0]
     return Target("logit_diff", target_id, contrast_id, text=f"logit({target!r}) - logit({contrast!r})")
 
 

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from typing import ClassVar
 
 import torch
 from torch import nn
 
+from ...errors import HookError
 from ...hooks import HookPoint, HookSite
 from ..attention import PATTERN_ATTRIBUTE, register_attention
 from ..info import ModelInfo
@@ -26,7 +28,7 @@ def split_heads(n_heads: int) -> tuple:
     return to_canonical, from_canonical
 
 
-class Adapter:
+class Adapter(ABC):
     """Maps one transformers architecture family onto the hook-point vocabulary.
 
     Subclasses name the modules (`blocks`, `attention`, projections); this base class turns
@@ -49,28 +51,42 @@ class Adapter:
 
     # --- what each architecture names -------------------------------------------------
     @staticmethod
+    @abstractmethod
     def info_from_config(name: str, config) -> ModelInfo:
-        raise NotImplementedError
+        """ModelInfo from a transformers config (no weights needed)."""
 
-    def blocks(self) -> nn.ModuleList:
-        raise NotImplementedError
+    @abstractmethod
+    def layer_list(self) -> tuple[nn.Module, str]:
+        """(owner, attribute) of the ModuleList of blocks, e.g. (model.model, "layers")."""
 
+    @abstractmethod
     def attention_module(self, layer: int) -> nn.Module:
         """The module that calls the attention function (it receives the pattern HookPoint)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def attention_output_projection(self, layer: int) -> nn.Module:
-        raise NotImplementedError
+        """The projection whose input is `attn.z` and whose output is `attn.out`."""
 
+    @abstractmethod
     def mlp_output_projection(self, layer: int) -> nn.Module:
-        raise NotImplementedError
+        """The projection whose input is `mlp.post` and whose output is `mlp.out`."""
 
+    @abstractmethod
     def final_module(self) -> nn.Module | None:
-        """The final norm (or the module whose output is the final hidden state)."""
-        raise NotImplementedError
+        """The final norm, or None where the last block's output is the final hidden state."""
+
+    @abstractmethod
+    def embeddings_pass_through(self) -> contextlib.AbstractContextManager:
+        """A context in which the embedding step returns `inputs_embeds` unchanged (no position
+        embeddings, no norm), so a pass can be fed the residual stream of a later layer."""
 
     def unembed_module(self) -> nn.Module | None:
+        """The unembedding (lm_head) of causal LMs; None for encoders."""
         return None
+
+    def blocks(self) -> nn.ModuleList:
+        owner, attribute = self.layer_list()
+        return getattr(owner, attribute)
 
     # --- shared ------------------------------------------------------------------------
     def build_sites(self) -> dict[str, HookSite]:
@@ -101,22 +117,20 @@ class Adapter:
             sites["logits"] = HookSite(unembed, "output")
         return sites
 
-    @property
-    def supports_forward_from(self) -> bool:
-        return False
-
     @contextlib.contextmanager
     def starting_at(self, layer: int) -> Iterator[None]:
-        """Within the block, a forward pass given `inputs_embeds = resid_pre[layer]` runs
-        only blocks layer.. (the ones below cannot change). Used by batched sweeps."""
-        raise NotImplementedError(f"{self.architecture} cannot start a pass at a later layer")
-        yield  # pragma: no cover
+        """Within the block, a forward pass given `inputs_embeds = resid_pre[layer]` runs only
+        blocks layer.. (the ones below cannot change): used by batched sweeps. Hooks stay valid
+        because they live on the block modules, not on their positions in the list."""
+        owner, attribute = self.layer_list()
+        with self.embeddings_pass_through(), truncated_layers(owner, attribute, layer):
+            yield
 
     def unembed(self, resid: torch.Tensor) -> torch.Tensor:
         """Final norm + unembedding of a residual-stream tensor (logit lens)."""
         final, unembed = self.final_module(), self.unembed_module()
         if unembed is None:
-            raise NotImplementedError(f"{self.info.name} has no unembedding (not a causal LM)")
+            raise HookError(f"{self.info.name} is an encoder without an unembedding; the logit lens needs a causal LM")
         return unembed(final(resid) if final is not None else resid)
 
 

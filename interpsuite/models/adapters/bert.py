@@ -10,6 +10,9 @@ There is no `logits` hook point.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 from torch import nn
 
 from ..info import ModelInfo
@@ -41,8 +44,8 @@ class BertAdapter(Adapter):
     def _body(self) -> nn.Module:
         return getattr(self.hf_model, "bert", self.hf_model)
 
-    def blocks(self) -> nn.ModuleList:
-        return self._body.encoder.layer
+    def layer_list(self) -> tuple[nn.Module, str]:
+        return self._body.encoder, "layer"
 
     def attention_module(self, layer: int) -> nn.Module:
         return self.blocks()[layer].attention.self
@@ -55,3 +58,17 @@ class BertAdapter(Adapter):
 
     def final_module(self) -> None:
         return None
+
+    @contextlib.contextmanager
+    def embeddings_pass_through(self) -> Iterator[None]:
+        # BERT's embeddings add position and token-type embeddings and a LayerNorm: hand the
+        # given inputs_embeds (the residual stream of a later layer) through unchanged.
+        def pass_through(module, args, kwargs, output):
+            return kwargs["inputs_embeds"]
+
+        pass_through.interpsuite = True
+        handle = self._body.embeddings.register_forward_hook(pass_through, with_kwargs=True)
+        try:
+            yield
+        finally:
+            handle.remove()

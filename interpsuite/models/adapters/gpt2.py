@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from ..info import ModelInfo
-from .base import Adapter, truncated_layers
+from .base import Adapter
 
 
 class GPT2Adapter(Adapter):
@@ -37,8 +37,8 @@ class GPT2Adapter(Adapter):
     def _body(self) -> nn.Module:
         return self.hf_model.transformer
 
-    def blocks(self) -> nn.ModuleList:
-        return self._body.h
+    def layer_list(self) -> tuple[nn.Module, str]:
+        return self._body, "h"
 
     def attention_module(self, layer: int) -> nn.Module:
         return self.blocks()[layer].attn
@@ -55,21 +55,15 @@ class GPT2Adapter(Adapter):
     def unembed_module(self) -> nn.Module:
         return self.hf_model.lm_head
 
-    @property
-    def supports_forward_from(self) -> bool:
-        return True
-
     @contextlib.contextmanager
-    def starting_at(self, layer: int) -> Iterator[None]:
-        # GPT-2 adds position embeddings to inputs_embeds; silence them so the given
-        # residual stream enters block `layer` unchanged.
+    def embeddings_pass_through(self) -> Iterator[None]:
+        # GPT-2 adds position embeddings to inputs_embeds: silence them.
         def silence(module, args, output):
             return torch.zeros_like(output)
 
         silence.interpsuite = True
         handle = self._body.wpe.register_forward_hook(silence)
         try:
-            with truncated_layers(self._body, "h", layer):
-                yield
+            yield
         finally:
             handle.remove()

@@ -8,12 +8,11 @@ expanded to each query head that reads them, so SmolLM2 shows 9 patterns per lay
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
 
 from torch import nn
 
 from ..info import ModelInfo
-from .base import Adapter, truncated_layers
+from .base import Adapter
 
 
 class LlamaAdapter(Adapter):
@@ -41,8 +40,8 @@ class LlamaAdapter(Adapter):
     def _body(self) -> nn.Module:
         return self.hf_model.model
 
-    def blocks(self) -> nn.ModuleList:
-        return self._body.layers
+    def layer_list(self) -> tuple[nn.Module, str]:
+        return self._body, "layers"
 
     def attention_module(self, layer: int) -> nn.Module:
         return self.blocks()[layer].self_attn
@@ -59,13 +58,6 @@ class LlamaAdapter(Adapter):
     def unembed_module(self) -> nn.Module:
         return self.hf_model.lm_head
 
-    @property
-    def supports_forward_from(self) -> bool:
-        return True
-
-    @contextlib.contextmanager
-    def starting_at(self, layer: int) -> Iterator[None]:
-        # Llama adds nothing to inputs_embeds (RoPE acts inside attention), so feeding the
-        # residual stream at `layer` as inputs_embeds to the remaining blocks is exact.
-        with truncated_layers(self._body, "layers", layer):
-            yield
+    def embeddings_pass_through(self) -> contextlib.AbstractContextManager:
+        # Llama adds nothing to inputs_embeds (RoPE acts inside attention): nothing to silence.
+        return contextlib.nullcontext()
