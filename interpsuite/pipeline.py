@@ -221,7 +221,7 @@ class InterpretabilityPipeline:
             seed=self.seed,
             show_progress=self.progress,
         )
-        n_tokens = sum(int(b.n_tokens) for b in model.batches(plan.inputs.texts, 64, self.data.max_length))
+        n_tokens = model.count_tokens(plan.inputs.texts, self.data.max_length)
         run_dir = self._run_dir()
         ctx.run_dir = run_dir
         run = RunInfo(

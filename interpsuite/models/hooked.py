@@ -146,6 +146,11 @@ class HookedModel:
             )
         return int(ids[0]), ""
 
+    def count_tokens(self, texts: Sequence[str], max_length: int | None = None) -> int:
+        """Real tokens the texts tokenize to (as `tokenize` would), without building batches."""
+        encoded = self.tokenizer(list(texts), truncation=max_length is not None, max_length=max_length)
+        return sum(len(ids) for ids in encoded["input_ids"])
+
     def to_single_token(self, text: str) -> int:
         """The id of a one-token string (e.g. ' Mary'); a clear error otherwise."""
         return self.token_id(text)[0]
