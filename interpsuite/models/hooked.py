@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import math
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
@@ -70,6 +72,32 @@ class ForwardResult:
 
 
 SweepMetric = Callable[[torch.Tensor, TokenBatch], torch.Tensor]
+
+
+@dataclass
+class PrefixCache:
+    """Clean keys and values of the first `length` positions of a batch of `rows` rows.
+
+    In a causal model an intervention at position p cannot change anything at positions
+    before p, at any layer; a pass that starts at p attends to these instead of recomputing.
+    """
+
+    keys: list[torch.Tensor]
+    values: list[torch.Tensor]
+    rows: int
+
+    @property
+    def length(self) -> int:
+        return int(self.keys[0].shape[2])
+
+    def cache(self, copies: int):
+        from transformers import DynamicCache
+
+        pairs = zip(self.keys, self.values, strict=True)
+        return DynamicCache(ddp_cache_data=[(k.repeat(copies, 1, 1, 1), v.repeat(copies, 1, 1, 1)) for k, v in pairs])
+
+    def truncated(self, length: int) -> PrefixCache:
+        return PrefixCache([k[:, :, :length] for k in self.keys], [v[:, :, :length] for v in self.values], self.rows)
 
 
 class HookedModel:
@@ -185,32 +213,41 @@ class HookedModel:
         logits_to_keep: int | torch.Tensor = 0,
         start_layer: int | None = None,
         start_resid: torch.Tensor | None = None,
+        prefix: PrefixCache | None = None,
     ) -> ForwardResult:
         """One forward pass with captures and interventions.
 
         With `start_layer`/`start_resid` (= the clean `blocks.{L}.resid_pre`), the blocks
-        below L are skipped: interventions at L or later cannot change them.
+        below L are skipped: interventions at L or later cannot change them. With `prefix`
+        (causal LMs), positions before `prefix.length` are not recomputed either: their keys
+        and values come from the clean run, `start_resid` holds only the later positions, and
+        captures, interventions and `logits_to_keep` address positions from `prefix.length` on.
         """
         capture = tuple(capture)
         interventions = tuple(interventions)
         kwargs: dict = {"attention_mask": batch.attention_mask, "use_cache": False}
         if self.info.is_causal:
             kwargs["logits_to_keep"] = logits_to_keep
-        skip = start_layer is not None and start_layer > 0
+        skip = (start_layer is not None and start_layer > 0) or prefix is not None
         if skip:
             if start_resid is None:
                 raise HookError("start_layer needs start_resid (the clean resid_pre at that layer)")
+            start_layer = start_layer or 0
             early = [n for n in (*capture, *(iv.hook for iv in interventions)) if hook_layer(n) < start_layer]
             if early:
                 raise HookError(f"hook points {early} lie before start_layer={start_layer}")
             kwargs["inputs_embeds"] = start_resid
+            if prefix is not None:
+                kwargs["past_key_values"] = prefix.cache(batch.size // prefix.rows)
         else:
             kwargs["input_ids"] = batch.input_ids
         with contextlib.ExitStack() as stack:
             stack.enter_context(torch.set_grad_enabled(grad))
             cache = stack.enter_context(self.hooks(capture, interventions, detach=not grad))
-            if skip:
+            if skip and start_layer > 0:
                 stack.enter_context(self.adapter.starting_at(start_layer))
+            elif skip:
+                stack.enter_context(self.adapter.embeddings_pass_through())
             out = self.hf_model(**kwargs)
         output = out.logits if self.info.is_causal else out.last_hidden_state
         return ForwardResult(output, cache)
@@ -236,51 +273,111 @@ class HookedModel:
         """Run N intervention sets on the same inputs as batched passes: [N, batch.size].
 
         Item i's interventions apply to its own copy of `batch` inside a pass of up to
-        `batch_size` rows; their `rows` refer to rows of `batch`. Items are ordered by the
-        earliest layer they touch, and with `reuse_prefix` each pass starts at the earliest
-        layer of its items from the clean residual stream (exact: nothing below changes).
+        `batch_size` rows; their `rows` refer to rows of `batch`. With `reuse_prefix`, a pass
+        starts where its items first touch the model, from the clean run (exact, since nothing
+        before that point can change): at the earliest layer (from the clean residual stream),
+        and in causal LMs also at the earliest position (attending to the clean keys and
+        values of the positions before it). Items are grouped into passes that share a late
+        start: by layer, and by (layer block, position block) when positions differ.
+        `metric(output, repeated_batch)` sees exactly the `logits_to_keep` positions it asked for.
         """
         n_items, base = len(items), batch.size
         per_pass = max(1, batch_size // base)
-        first_layer = [min((hook_layer(iv.hook) for iv in ivs), default=self.info.n_layers) for ivs in items]
-        first_layer = [min(layer, self.info.n_layers - 1) for layer in first_layer]
-        order = sorted(range(n_items), key=lambda i: first_layer[i])
-        clean_resid: dict[int, torch.Tensor] = {}
-        use_prefix = reuse_prefix
-        if use_prefix:
-            needed = sorted({first_layer[i] for i in order if first_layer[i] > 0})
-            if needed:
-                names = [f"blocks.{layer}.resid_pre" for layer in needed]
-                cache = self.forward(batch, capture=names, logits_to_keep=1).cache
-                clean_resid = {layer: cache[f"blocks.{layer}.resid_pre"] for layer in needed}
+        width = batch.input_ids.shape[1]
+        first_layer = [min(self._first_layer(ivs), self.info.n_layers - 1) for ivs in items]
+        max_position = self._max_start_position(batch, logits_to_keep) if reuse_prefix else 0
+        first_position = [min(self._first_position(ivs, width), max_position) for ivs in items]
+        chunks = _group_items(first_layer, first_position, per_pass)
+        starts = [(min(first_layer[i] for i in c), min(first_position[i] for i in c)) for c in chunks]
+        if not reuse_prefix:
+            starts = [(0, 0)] * len(chunks)
+        clean_resid, prefix = self._clean_prefix(batch, starts)
         results = torch.empty(n_items, base, device=self.device)
-        chunks = [order[i : i + per_pass] for i in range(0, n_items, per_pass)]
-        for chunk in progress(chunks) if progress else chunks:
+        for chunk, (layer, position) in zip(progress(chunks) if progress else chunks, starts, strict=True):
             k = len(chunk)
             repeated = batch.repeat(k)
-            interventions = []
-            for copy, item in enumerate(chunk):
-                offset = copy * base
-                for iv in items[item]:
-                    rows = range(base) if iv.rows is None else _index_list(iv.rows)
-                    copy_rows = list(range(offset, offset + base))
-                    mean_over = copy_rows if iv.mean_over is None else [offset + r for r in _index_list(iv.mean_over)]
-                    interventions.append(iv.with_rows([offset + r for r in rows], mean_over))
-            start = min(first_layer[i] for i in chunk)
-            if use_prefix and start > 0:
-                resid = clean_resid[start].repeat(k, 1, 1)
+            interventions = [iv for copy, item in enumerate(chunk) for iv in _rows_of_copy(items[item], copy, base)]
+            if layer == 0 and position == 0:
+                out = self.forward(repeated, interventions=interventions, logits_to_keep=logits_to_keep).output
+            else:
+                resid = clean_resid[layer][:, position:].repeat(k, 1, 1)
                 out = self.forward(
                     repeated,
-                    interventions=interventions,
-                    logits_to_keep=logits_to_keep,
-                    start_layer=start,
+                    interventions=[self._shift_positions(iv, position, width) for iv in interventions],
+                    logits_to_keep=_shift_keep(logits_to_keep, position),
+                    start_layer=layer,
                     start_resid=resid,
+                    prefix=prefix.truncated(position) if position > 0 else None,
                 ).output
-            else:
-                out = self.forward(repeated, interventions=interventions, logits_to_keep=logits_to_keep).output
             values = metric(out, repeated)
             results[torch.as_tensor(chunk, device=self.device)] = values.reshape(k, base).to(results.dtype)
         return results
+
+    def _first_layer(self, interventions: Sequence[Intervention]) -> int:
+        return min((hook_layer(iv.hook) for iv in interventions), default=self.info.n_layers)
+
+    def _first_position(self, interventions: Sequence[Intervention], width: int) -> int:
+        """The earliest position an item can change (0 where it may touch every position)."""
+        if not interventions:
+            return width  # changes nothing: may start as late as any pass
+        if not self.info.is_causal:
+            return 0
+        first = width
+        for iv in interventions:
+            site = self.adapter.sites.get(iv.hook)
+            if iv.positions is None or site is None or site.pos_axis != 1 or iv.hook.endswith("attn.pattern"):
+                return 0
+            positions = [p + width if p < 0 else p for p in _index_list(iv.positions)]
+            first = min(first, min(positions, default=width))
+        return first
+
+    def _max_start_position(self, batch: TokenBatch, logits_to_keep: int | torch.Tensor) -> int:
+        """A pass may skip positions only while every row's last token and every kept logit lie after."""
+        if not self.info.is_causal:
+            return 0
+        width = batch.input_ids.shape[1]
+        if isinstance(logits_to_keep, torch.Tensor):
+            kept = int(logits_to_keep.min()) if logits_to_keep.numel() else 0
+        elif logits_to_keep > 0:
+            kept = width - logits_to_keep
+        else:
+            return 0
+        return max(0, min(kept, int(batch.last_index.min())))
+
+    def _clean_prefix(self, batch: TokenBatch, starts: list[tuple[int, int]]):
+        """Clean resid_pre at every start layer, and clean keys/values where passes skip positions."""
+        layers = sorted({layer for layer, position in starts if layer > 0 or position > 0})
+        longest = max((position for _, position in starts), default=0)
+        if not layers:
+            return {}, None
+        names = [f"blocks.{layer}.resid_pre" for layer in layers]
+        with torch.no_grad(), self.hooks(capture=names) as cache:
+            out = self.hf_model(
+                input_ids=batch.input_ids,
+                attention_mask=batch.attention_mask,
+                use_cache=longest > 0,
+                **({"logits_to_keep": 1} if self.info.is_causal else {}),
+            )
+        clean_resid = {layer: cache[f"blocks.{layer}.resid_pre"] for layer in layers}
+        prefix = None
+        if longest > 0:
+            kv = out.past_key_values
+            prefix = PrefixCache(
+                [layer.keys[:, :, :longest] for layer in kv.layers],
+                [layer.values[:, :, :longest] for layer in kv.layers],
+                batch.size,
+            )
+        return clean_resid, prefix
+
+    def _shift_positions(self, iv: Intervention, start: int, width: int) -> Intervention:
+        """The intervention as seen by a pass that computes positions start.. only."""
+        if start == 0:
+            return iv
+        positions = [p + width if p < 0 else p for p in _index_list(iv.positions)]
+        value = iv.value
+        if value is not None and value.ndim >= 2 and value.shape[1] == width:
+            value = value[:, start:]
+        return dataclasses.replace(iv, positions=[p - start for p in positions], value=value)
 
     def hooks_left(self) -> int:
         return count_hooks(self.hf_model)
@@ -288,6 +385,45 @@ class HookedModel:
 
 def _index_list(index) -> list[int]:
     return torch.as_tensor(index).flatten().tolist()
+
+
+def _rows_of_copy(interventions: Sequence[Intervention], copy: int, base: int) -> list[Intervention]:
+    """An item's interventions moved to its copy of the batch (rows copy*base .. copy*base+base-1)."""
+    offset = copy * base
+    moved = []
+    for iv in interventions:
+        rows = range(base) if iv.rows is None else _index_list(iv.rows)
+        own = list(range(offset, offset + base))
+        mean_over = own if iv.mean_over is None else [offset + r for r in _index_list(iv.mean_over)]
+        moved.append(iv.with_rows([offset + r for r in rows], mean_over))
+    return moved
+
+
+def _shift_keep(logits_to_keep: int | torch.Tensor, start: int) -> int | torch.Tensor:
+    return logits_to_keep - start if isinstance(logits_to_keep, torch.Tensor) else logits_to_keep
+
+
+def _group_items(layers: list[int], positions: list[int], per_pass: int) -> list[list[int]]:
+    """Passes of up to `per_pass` items whose starts (layer, position) lie close together.
+
+    A pass costs about (layers after its start) x (positions after its start) per row, paid
+    for its earliest item; tiles of the (layer, position) plane shaped like the spread of the
+    items keep that waste small. With one start position this is simply sorting by layer.
+    """
+    n_layers = len(set(layers))
+    n_positions = len(set(positions))
+    layer_block = max(1, round(math.sqrt(per_pass * n_layers / n_positions)))
+    position_block = max(1, per_pass // layer_block)
+    tiles: dict[tuple[int, int], list[int]] = {}
+    lo_layer, lo_position = min(layers, default=0), min(positions, default=0)
+    for i in sorted(range(len(layers)), key=lambda i: (layers[i], positions[i])):
+        key = ((layers[i] - lo_layer) // layer_block, (positions[i] - lo_position) // position_block)
+        tiles.setdefault(key, []).append(i)
+    chunks = []
+    for key in sorted(tiles):
+        members = tiles[key]
+        chunks.extend(members[j : j + per_pass] for j in range(0, len(members), per_pass))
+    return chunks
 
 
 def load_model(

@@ -10,7 +10,7 @@ from interpsuite.hookspecs import hookimpl
 
 from .._family import collect_analyzers
 
-MODULES: tuple[str, ...] = ()
+MODULES: tuple[str, ...] = ("patching",)
 
 
 @hookimpl

@@ -14,9 +14,10 @@ Built-in pair sets:
   located in the city of" (" Paris") against "The Colosseum is ..." (" Rome").
 - a .jsonl file with fields clean, corrupted, answer, wrong and optionally position_map.
 
-Patching reads corrupted activations at clean positions, so the two prompts must have the same
-number of tokens. When they do not, a `position_map` (for every clean position, the corrupted
-position to read) aligns them; without one the pair is refused before any forward pass.
+Patching runs the corrupted prompt and writes clean activations into it, so the two prompts
+must have the same number of tokens. When they do not, a `position_map` (for every corrupted
+token, the clean position whose activation it receives) aligns them; without one the pair is
+refused before any forward pass.
 """
 
 from __future__ import annotations
@@ -60,7 +61,7 @@ class PromptPair:
     corrupted: str
     answer: str
     wrong: str
-    #: for every clean token position, the corrupted position to read (None: the same position)
+    #: for every corrupted token position, the clean position patched into it (None: the same)
     position_map: tuple[int, ...] | None = None
     meta: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
 
@@ -193,12 +194,13 @@ def load_pairs(source: str, tokenizer, n: int | None = None, seed: int = 0) -> l
 
 @dataclass
 class PairBatch:
-    """Tokenized pairs, row-aligned: clean and corrupted batches of the same width.
+    """Tokenized pairs, row-aligned.
 
-    `corrupted_index[b, t]` is the corrupted position read for clean position t (identity
-    unless a position map was given); `first_diff` is the first clean position where any
-    row's aligned tokens differ (every activation before it is identical in both runs of a
-    causal model, so patches there are no-ops and sweeps may skip those positions).
+    `clean_index[b, t]` is the clean position whose activation goes to corrupted position t
+    (identity unless a position map was given); `first_diff` is the first corrupted position
+    where any row differs from its aligned clean token or is not aligned with itself (every
+    activation before it is identical in both runs of a causal model, so patches there are
+    no-ops and sweeps may skip those positions).
     """
 
     pairs: list[PromptPair]
@@ -206,22 +208,29 @@ class PairBatch:
     corrupted: Any  # TokenBatch
     answer_ids: torch.Tensor
     wrong_ids: torch.Tensor
-    corrupted_index: torch.Tensor
+    clean_index: torch.Tensor
     first_diff: int
+    allow_first_piece: bool = False
 
     @property
     def size(self) -> int:
         return len(self.pairs)
 
     @property
-    def last(self) -> torch.Tensor:
-        return self.clean.last_index
+    def mapped(self) -> bool:
+        return any(p.position_map is not None for p in self.pairs)
 
-    def align(self, corrupted_activation: torch.Tensor) -> torch.Tensor:
-        """Corrupted activations [B, T_corrupted, ...] moved to clean positions [B, T_clean, ...]."""
-        index = self.corrupted_index.to(corrupted_activation.device)
-        view = index.view(*index.shape, *([1] * (corrupted_activation.ndim - 2)))
-        return torch.gather(corrupted_activation, 1, view.expand(*index.shape, *corrupted_activation.shape[2:]))
+    def subset(self, model, rows: list[int]) -> PairBatch:
+        """The pairs of `rows` as their own (re-padded) batch."""
+        return tokenize_pairs(model, [self.pairs[r] for r in rows], self.allow_first_piece)
+
+    def align(self, clean_activation: torch.Tensor) -> torch.Tensor:
+        """Clean activations [B, T_clean, ...] moved to corrupted positions [B, T_corrupted, ...]."""
+        if not self.mapped and clean_activation.shape[1] == self.clean_index.shape[1]:
+            return clean_activation
+        index = self.clean_index.to(clean_activation.device)
+        view = index.view(*index.shape, *([1] * (clean_activation.ndim - 2)))
+        return torch.gather(clean_activation, 1, view.expand(*index.shape, *clean_activation.shape[2:]))
 
 
 def tokenize_pairs(model, pairs: list[PromptPair], allow_first_piece: bool = False, what: str = "pairs") -> PairBatch:
@@ -231,40 +240,39 @@ def tokenize_pairs(model, pairs: list[PromptPair], allow_first_piece: bool = Fal
     clean = model.tokenize([p.clean for p in pairs])
     corrupted = model.tokenize([p.corrupted for p in pairs])
     clean_len, corrupted_len = clean.lengths.tolist(), corrupted.lengths.tolist()
-    width = clean.input_ids.shape[1]
-    index = torch.arange(width).repeat(len(pairs), 1)
+    width = corrupted.input_ids.shape[1]
+    index = torch.arange(width).clamp_max(clean.input_ids.shape[1] - 1).repeat(len(pairs), 1)
     for row, pair in enumerate(pairs):
         if pair.position_map is not None:
-            if len(pair.position_map) != clean_len[row]:
+            if len(pair.position_map) != corrupted_len[row]:
                 raise ConfigError(
-                    f"{what}: pair {row}: position_map has {len(pair.position_map)} entries but the clean prompt "
-                    f"{pair.clean!r} has {clean_len[row]} tokens; give one corrupted position per clean token"
+                    f"{what}: pair {row}: position_map has {len(pair.position_map)} entries but the corrupted prompt "
+                    f"{pair.corrupted!r} has {corrupted_len[row]} tokens; give one clean position per corrupted token"
                 )
-            bad = [p for p in pair.position_map if not 0 <= p < corrupted_len[row]]
+            bad = [p for p in pair.position_map if not 0 <= p < clean_len[row]]
             if bad:
                 raise ConfigError(
-                    f"{what}: pair {row}: position_map entries {bad} lie outside the corrupted prompt "
-                    f"({corrupted_len[row]} tokens)"
+                    f"{what}: pair {row}: position_map entries {bad} lie outside the clean prompt "
+                    f"({clean_len[row]} tokens)"
                 )
-            index[row, : clean_len[row]] = torch.as_tensor(pair.position_map)
-            index[row, clean_len[row] :] = corrupted_len[row] - 1
+            index[row, : corrupted_len[row]] = torch.as_tensor(pair.position_map)
+            index[row, corrupted_len[row] :] = clean_len[row] - 1
         elif clean_len[row] != corrupted_len[row]:
             raise ConfigError(
                 f"{what}: pair {row}: the clean prompt has {clean_len[row]} tokens {clean.tokens[row]} but the "
                 f"corrupted one has {corrupted_len[row]} {corrupted.tokens[row]}; patching needs equal lengths. "
-                "Reword one of them, or give a position_map (for each clean token, the corrupted position to read)"
+                "Reword one of them, or give a position_map (for each corrupted token, the clean position to patch in)"
             )
-    index = index.clamp_max(corrupted.input_ids.shape[1] - 1)
     answer_ids = [
         model.token_id(p.answer, f"{what}: pair {row} answer", allow_first_piece)[0] for row, p in enumerate(pairs)
     ]
     wrong_ids = [
         model.token_id(p.wrong, f"{what}: pair {row} wrong", allow_first_piece)[0] for row, p in enumerate(pairs)
     ]
-    aligned = torch.gather(corrupted.input_ids.cpu(), 1, index)
-    differs = (aligned != clean.input_ids.cpu()) & clean.attention_mask.cpu().bool()
-    mapped = any(p.position_map is not None for p in pairs)
-    first_diff = 0 if mapped else int(differs.float().argmax(1)[differs.any(1)].min()) if differs.any() else 0
+    aligned = torch.gather(clean.input_ids.cpu(), 1, index)
+    moved = index != torch.arange(width)
+    differs = ((aligned != corrupted.input_ids.cpu()) | moved) & corrupted.attention_mask.cpu().bool()
+    first_diff = int(differs.float().argmax(1)[differs.any(1)].min()) if differs.any() else 0
     device = model.device
     return PairBatch(
         pairs,
@@ -274,4 +282,5 @@ def tokenize_pairs(model, pairs: list[PromptPair], allow_first_piece: bool = Fal
         torch.tensor(wrong_ids, device=device),
         index.to(device),
         first_diff,
+        allow_first_piece,
     )
