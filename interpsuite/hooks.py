@@ -259,7 +259,9 @@ def attach(sites: dict[str, HookSite], plan: HookPlan) -> Iterator[ActivationCac
                     canonical = apply_intervention(canonical, iv, site)
                 if capture:
                     plan.cache[name] = canonical.detach() if plan.detach else canonical
-                if ivs:
+                if ivs or (capture and not plan.detach and canonical is not raw):
+                    # with gradients, the model must compute on the captured (reshaped) tensor itself,
+                    # or autograd.grad with respect to it finds it unused
                     return site.from_canonical(canonical, raw)
                 return None
 
