@@ -251,7 +251,11 @@ def targets(report: dict[str, Any]) -> dict[str, Any]:
 
 
 def format_report(report: dict[str, Any]) -> str:
-    lines = [f"machine: {report['machine'].get('cpu', '')}, load {report['load_average']}"]
+    machine, load = report["machine"], report["load_average"]
+    lines = [
+        f"{machine['processor']} ({machine['cpu_count']} cores, {report['torch_threads']} torch threads); load average "
+        f"{load['start'][0]:.1f} at start, {load['end'][0]:.1f} at end"
+    ]
     for name in ("heads", "resid_layer_position"):
         part = report[name]
         lines += ["", f"{name}: {part['patches']} patches", f"  {'variant':<20}{'median s':>10}{'x loop':>8}"

@@ -37,15 +37,17 @@ def test_sweep_skipping_layers_and_positions_changes_nothing(tiny_models, name, 
     torch.manual_seed(0)
     other = {k: v + torch.randn_like(v) for k, v in cache.items()}
     items = [[]]
-    for L in range(model.info.n_layers):
-        resid, z = other[f"blocks.{L}.resid_pre"], other[f"blocks.{L}.attn.z"]
-        items += [[Intervention(f"blocks.{L}.resid_pre", "replace", value=resid, positions=[p])] for p in range(width)]
-        items += [[Intervention(f"blocks.{L}.mlp.out", "zero", positions=[p, -1])] for p in range(0, width, 3)]
+    for layer in range(model.info.n_layers):
+        resid, z = other[f"blocks.{layer}.resid_pre"], other[f"blocks.{layer}.attn.z"]
         items += [
-            [Intervention(f"blocks.{L}.attn.z", "replace", value=z, heads=[h], positions=list(range(4, width)))]
+            [Intervention(f"blocks.{layer}.resid_pre", "replace", value=resid, positions=[p])] for p in range(width)
+        ]
+        items += [[Intervention(f"blocks.{layer}.mlp.out", "zero", positions=[p, -1])] for p in range(0, width, 3)]
+        items += [
+            [Intervention(f"blocks.{layer}.attn.z", "replace", value=z, heads=[h], positions=list(range(4, width)))]
             for h in range(model.info.n_heads)
         ]
-        items += [[Intervention(f"blocks.{L}.attn.z", "mean", heads=[h], positions=[5, 6])] for h in range(2)]
+        items += [[Intervention(f"blocks.{layer}.attn.z", "mean", heads=[h], positions=[5, 6])] for h in range(2)]
     logits_to_keep = last_positions(batch)[0] if keep == "last" else keep
 
     def metric(out, repeated):
@@ -77,9 +79,10 @@ def test_batched_head_patching_equals_one_pass_per_head(tiny_models, name):
     keep, column = last_positions(pairs.corrupted)
     metric = sweep_logit_diff(column, pairs.answer_ids, pairs.wrong_ids)
     loop = []
-    for L in layers:
+    for layer in layers:
         for h in range(model.info.n_heads):
-            patch = Intervention(f"blocks.{L}.attn.z", "replace", value=run_.clean[f"blocks.{L}.attn.z"], heads=[h])
+            z = run_.clean[f"blocks.{layer}.attn.z"]
+            patch = Intervention(f"blocks.{layer}.attn.z", "replace", value=z, heads=[h])
             out = model.forward(pairs.corrupted, interventions=[patch], logits_to_keep=keep).output
             loop.append(metric(out, pairs.corrupted).double().mean())
     assert torch.allclose(batched, torch.stack(loop), atol=1e-5)

@@ -410,14 +410,13 @@ def _group_items(layers: list[int], positions: list[int], per_pass: int) -> list
     for its earliest item; tiles of the (layer, position) plane shaped like the spread of the
     items keep that waste small. With one start position this is simply sorting by layer.
     """
-    n_layers = len(set(layers))
-    n_positions = len(set(positions))
-    layer_block = max(1, round(math.sqrt(per_pass * n_layers / n_positions)))
+    layer_rank = {value: rank for rank, value in enumerate(sorted(set(layers)))}
+    position_rank = {value: rank for rank, value in enumerate(sorted(set(positions)))}
+    layer_block = max(1, round(math.sqrt(per_pass * len(layer_rank) / max(1, len(position_rank)))))
     position_block = max(1, per_pass // layer_block)
     tiles: dict[tuple[int, int], list[int]] = {}
-    lo_layer, lo_position = min(layers, default=0), min(positions, default=0)
     for i in sorted(range(len(layers)), key=lambda i: (layers[i], positions[i])):
-        key = ((layers[i] - lo_layer) // layer_block, (positions[i] - lo_position) // position_block)
+        key = (layer_rank[layers[i]] // layer_block, position_rank[positions[i]] // position_block)
         tiles.setdefault(key, []).append(i)
     chunks = []
     for key in sorted(tiles):
