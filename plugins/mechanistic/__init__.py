@@ -10,7 +10,7 @@ from interpsuite.hookspecs import hookimpl
 
 from .._family import collect_analyzers
 
-MODULES: tuple[str, ...] = ("patching", "attribution_patching", "circuit", "head_ablation", "steering", "lens", "tuned_lens")
+MODULES: tuple[str, ...] = ("patching", "attribution_patching", "circuit", "head_ablation", "steering", "lens", "tuned_lens", "causal_tracing")
 
 
 @hookimpl
