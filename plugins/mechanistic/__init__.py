@@ -10,7 +10,16 @@ from interpsuite.hookspecs import hookimpl
 
 from .._family import collect_analyzers
 
-MODULES: tuple[str, ...] = ("patching", "attribution_patching", "circuit", "head_ablation", "steering", "lens", "tuned_lens", "causal_tracing")
+MODULES: tuple[str, ...] = (
+    "patching",
+    "attribution_patching",
+    "circuit",
+    "head_ablation",
+    "steering",
+    "lens",
+    "tuned_lens",
+    "causal_tracing",
+)
 
 
 @hookimpl
