@@ -47,6 +47,9 @@ class RunPlan:
     model_info: ModelInfo
     inputs: Inputs
     analyzers: list[PlannedAnalyzer]
+    #: analyzers that cannot run on this model at all (a causal-LM analyzer on an encoder in an
+    #: experiment with others that can), by name -> reason; recorded as status "skipped"
+    skipped: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -57,7 +60,7 @@ class RunReport:
 
     @property
     def ok(self) -> bool:
-        return all(r.status == "ok" for r in self.results.values())
+        return all(r.status in ("ok", "skipped") for r in self.results.values())
 
 
 def _analyzer_options(analyzers: Mapping[str, Any] | Sequence[str] | None) -> dict[str, Any]:
@@ -173,12 +176,17 @@ class InterpretabilityPipeline:
             config = build_config(cls, options)
             planned.append(PlannedAnalyzer(name, cls(config), config))
         info = self.model.info if isinstance(self.model, HookedModel) else describe_model(self.model)
+        unfit = [item.name for item in planned if item.analyzer.requires_causal_lm and not info.is_causal]
+        if unfit and len(unfit) == len(planned):
+            raise ConfigError(f"analyzer {unfit[0]} needs a causal LM; {info.name} is an encoder")
+        skipped = {
+            name: f"needs a causal LM; {info.name} is an encoder (skipped, the other analyzers ran)" for name in unfit
+        }
+        planned = [item for item in planned if item.name not in skipped]
         for item in planned:
-            if item.analyzer.requires_causal_lm and not info.is_causal:
-                raise ConfigError(f"analyzer {item.name} needs a causal LM; {info.name} is an encoder")
             item.analyzer.validate(info, item.config)
         inputs = load_inputs(self.data, self.registry.datasets)
-        return RunPlan(info, inputs, planned)
+        return RunPlan(info, inputs, planned, skipped)
 
     # --- running ---------------------------------------------------------------------------
     def _run_dir(self) -> Path:
@@ -243,6 +251,10 @@ class InterpretabilityPipeline:
         }
         report = RunReport(run_dir, payload)
         try:
+            for name, reason in plan.skipped.items():
+                skipped = Result(status="skipped", error=reason)
+                report.results[name] = skipped
+                payload["analyzers"][name] = self._entry(skipped)
             for item in plan.analyzers:
                 result = self._run_one(item, ctx, run_dir)
                 report.results[item.name] = result

@@ -15,6 +15,9 @@ def format_report(report: RunReport) -> str:
     for name, entry in payload["analyzers"].items():
         checks = entry["checks"]
         passed = sum(1 for c in checks.values() if c["passed"])
+        if entry["status"] == "skipped":
+            lines.append(f"  {name:<24} skipped: {entry['error']}")
+            continue
         state = entry["status"] if entry["status"] == "ok" else f"FAILED: {entry['error']}"
         lines.append(
             f"  {name:<24} {state:<8} {entry['duration_s']:6.1f} s  checks {passed}/{len(checks)} passed"

@@ -268,3 +268,20 @@ def test_parquet_tables_or_a_clear_message(tmp_path):
     report = pipeline.run()
     rel = report.payload["analyzers"]["activation_stats"]["tables"]["layer_stats"]
     assert rel.endswith(".parquet") and len(pd.read_parquet(report.run_dir / rel)) == 4
+
+
+def test_causal_lm_analyzers_are_skipped_on_encoders_when_others_can_run(tiny_models, tmp_path):
+    """An experiment such as the quickstart still runs on an encoder; the causal-only part says why it did not."""
+    report = InterpretabilityPipeline(
+        model=tiny_models["tiny_bert"],
+        data=["Hello there", "Hi"],
+        analyzers={"activation_stats": {}, "logit_lens": {}},
+        output_dir=tmp_path,
+        sinks=["rundir"],
+        progress=False,
+    ).run()
+    payload = read_results(tmp_path)
+    assert payload["analyzers"]["activation_stats"]["status"] == "ok"
+    skipped = payload["analyzers"]["logit_lens"]
+    assert skipped["status"] == "skipped" and "needs a causal LM" in skipped["error"]
+    assert contract_errors(payload, tmp_path) == [] and report.ok
