@@ -46,6 +46,11 @@ class TokenBatch:
         """Position of each row's last real token."""
         return self.lengths - 1
 
+    def last_positions(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(`logits_to_keep` positions covering every row's last real token, each row's column in them)."""
+        keep, column = torch.unique(self.last_index, sorted=True, return_inverse=True)
+        return keep, column
+
     @property
     def n_tokens(self) -> int:
         return int(self.attention_mask.sum())
@@ -252,6 +257,31 @@ class HookedModel:
         output = out.logits if self.info.is_causal else out.last_hidden_state
         return ForwardResult(output, cache)
 
+    def reference_run(
+        self,
+        batch: TokenBatch,
+        capture: Iterable[str] = (),
+        interventions: Iterable[Intervention] = (),
+        *,
+        keep_prefix: bool = True,
+    ) -> tuple[ForwardResult, PrefixCache | None]:
+        """A no-grad pass that later passes start from: its captures and, in causal LMs with
+        `keep_prefix`, every layer's keys and values (the last logit only is computed)."""
+        with_cache = keep_prefix and self.info.is_causal
+        with torch.no_grad(), self.hooks(capture=capture, interventions=interventions) as cache:
+            out = self.hf_model(
+                input_ids=batch.input_ids,
+                attention_mask=batch.attention_mask,
+                use_cache=with_cache,
+                **({"logits_to_keep": 1} if self.info.is_causal else {}),
+            )
+        prefix = None
+        if with_cache:
+            kv = out.past_key_values
+            prefix = PrefixCache([layer.keys for layer in kv.layers], [layer.values for layer in kv.layers], batch.size)
+        output = out.logits if self.info.is_causal else out.last_hidden_state
+        return ForwardResult(output, cache), prefix
+
     def run_with_cache(self, batch: TokenBatch, names: Iterable[str]) -> ForwardResult:
         return self.forward(batch, capture=names)
 
@@ -351,22 +381,10 @@ class HookedModel:
         if not layers:
             return {}, None
         names = [f"blocks.{layer}.resid_pre" for layer in layers]
-        with torch.no_grad(), self.hooks(capture=names) as cache:
-            out = self.hf_model(
-                input_ids=batch.input_ids,
-                attention_mask=batch.attention_mask,
-                use_cache=longest > 0,
-                **({"logits_to_keep": 1} if self.info.is_causal else {}),
-            )
-        clean_resid = {layer: cache[f"blocks.{layer}.resid_pre"] for layer in layers}
-        prefix = None
-        if longest > 0:
-            kv = out.past_key_values
-            prefix = PrefixCache(
-                [layer.keys[:, :, :longest] for layer in kv.layers],
-                [layer.values[:, :, :longest] for layer in kv.layers],
-                batch.size,
-            )
+        out, prefix = self.reference_run(batch, names, keep_prefix=longest > 0)
+        clean_resid = {layer: out.cache[f"blocks.{layer}.resid_pre"] for layer in layers}
+        if prefix is not None:
+            prefix = prefix.truncated(longest)
         return clean_resid, prefix
 
     def _shift_positions(self, iv: Intervention, start: int, width: int) -> Intervention:

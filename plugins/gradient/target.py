@@ -92,8 +92,7 @@ def target_values(
 
 def last_positions(batch) -> tuple[torch.Tensor, torch.Tensor]:
     """(`logits_to_keep` positions, each row's index into them): only the rows' last real tokens."""
-    keep, inverse = torch.unique(batch.last_index, sorted=True, return_inverse=True)
-    return keep, inverse
+    return batch.last_positions()
 
 
 def forward_target(model, spec: Target, batch, capture, ids: torch.Tensor | None = None):

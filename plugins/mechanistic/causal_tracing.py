@@ -412,14 +412,10 @@ def corrupted_run(model, batch: TokenBatch, noise: Intervention, metric) -> Corr
     """One pass with the noise: every layer's input and (causal LMs) the keys and values."""
     n_layers = model.info.n_layers
     names = ["embed", *(f"blocks.{layer}.resid_pre" for layer in range(1, n_layers))]
-    with torch.no_grad(), model.hooks(capture=names, interventions=[noise]) as cache:
-        out = model.hf_model(
-            input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=True, logits_to_keep=1
-        )
+    out, prefix = model.reference_run(batch, names, [noise])
+    cache = out.cache
     resid = {0: cache["embed"], **{layer: cache[f"blocks.{layer}.resid_pre"] for layer in range(1, n_layers)}}
-    kv = out.past_key_values
-    prefix = PrefixCache([layer.keys for layer in kv.layers], [layer.values for layer in kv.layers], 1)
-    return CorruptedRun(float(metric(out.logits)[0]), resid, prefix)
+    return CorruptedRun(float(metric(out.output)[0]), resid, prefix)
 
 
 def restored_probabilities(

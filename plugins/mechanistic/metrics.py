@@ -17,9 +17,7 @@ from interpsuite.errors import AnalyzerError
 
 def last_positions(batch) -> tuple[torch.Tensor, torch.Tensor]:
     """(positions to keep for `logits_to_keep`, for each row its column in the kept logits)."""
-    last = batch.last_index
-    keep, column = torch.unique(last, return_inverse=True)
-    return keep, column
+    return batch.last_positions()
 
 
 def logit_diff(logits: torch.Tensor, column: torch.Tensor, answer_ids: torch.Tensor, wrong_ids: torch.Tensor):
