@@ -26,7 +26,7 @@ from .analyzer import Analyzer, RunContext, build_config
 from .data import DataConfig, Inputs, as_data_config, load_inputs
 from .errors import AnalyzerError, ConfigError
 from .models import HookedModel, ModelInfo, describe_model
-from .models.hooked import load_model
+from .models.loading import load_model
 from .plugins import PluginRegistry, get_registry
 from .results import Result
 from .sinks.base import RunInfo, Sink
