@@ -22,6 +22,7 @@ import pluggy
 if TYPE_CHECKING:  # pragma: no cover
     from .analyzer import Analyzer
     from .data import Dataset
+    from .models.adapters.base import Adapter
     from .sinks.base import Sink
 
 PROJECT = "interpsuite"
@@ -58,4 +59,15 @@ def interpsuite_config_dirs() -> list[str]:
     A directory may hold `analyzer/<name>.yaml` (selected with `+analyzer=<name>`),
     `experiment/<name>.yaml`, `data/<name>.yaml` and so on, exactly like interpsuite's own
     `conf/`. interpsuite's own configs win on equal names.
+    """
+
+
+@hookspec
+def interpsuite_adapters() -> list[type[Adapter]]:
+    """Architecture adapters (subclasses of `interpsuite.models.adapters.Adapter`).
+
+    Each maps the transformers `model_type`s in its `model_types` onto the hook-point
+    vocabulary by naming modules: blocks, attention, projections, norms. Its
+    `architecture` must be unique. A plugin adapter for a model_type that a built-in also
+    handles is used instead of the built-in.
     """

@@ -48,6 +48,7 @@ class PluginRegistry:
     sinks: dict[str, Contribution] = field(default_factory=dict)
     datasets: dict[str, Contribution] = field(default_factory=dict)
     config_dirs: list[Contribution] = field(default_factory=list)
+    adapters: dict[str, Contribution] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
 
     def analyzer(self, name: str):
@@ -113,7 +114,7 @@ def _check_pending(pm: pluggy.PluginManager, origins: dict[str, str]) -> None:
         raise PluginError(
             f"plugin {who!r} (distribution {origins.get(who, IN_PROCESS)!r}) implements a hook that "
             f"interpsuite does not define: {err}. Hooks: interpsuite_analyzers, interpsuite_sinks, "
-            f"interpsuite_datasets, interpsuite_config_dirs"
+            f"interpsuite_datasets, interpsuite_config_dirs, interpsuite_adapters"
         ) from err
 
 
@@ -132,7 +133,7 @@ def _collect(pm, hook_name: str, origins: dict[str, str], problems: list[str]):
 
 
 def _add_unique(table: dict[str, Contribution], kind: str, item: Contribution) -> None:
-    if not getattr(item.obj, "name", None):
+    if not item.name:
         raise PluginError(f"{kind} {item.obj!r} from {item.distribution} has no `name`")
     if item.name in table:
         other = table[item.name]
@@ -153,6 +154,11 @@ def build_registry(pm: pluggy.PluginManager, origins: dict[str, str], problems: 
     ):
         for obj, dist, plugin in _collect(pm, hook, origins, registry.warnings):
             _add_unique(table, kind, Contribution(obj.name, obj, dist, plugin))
+    for obj, dist, plugin in _collect(pm, "interpsuite_adapters", origins, registry.warnings):
+        architecture = getattr(obj, "architecture", None)
+        if not architecture or not getattr(obj, "model_types", None):
+            raise PluginError(f"adapter {obj!r} from {dist} needs `architecture` and `model_types`")
+        _add_unique(registry.adapters, "adapter", Contribution(architecture, obj, dist, plugin))
     for path, dist, plugin in _collect(pm, "interpsuite_config_dirs", origins, registry.warnings):
         registry.config_dirs.append(Contribution(str(path), str(path), dist, plugin))
     return registry

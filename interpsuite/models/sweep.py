@@ -1,8 +1,10 @@
 """The batched sweep engine: N intervention sets on the same inputs as a few forward passes.
 
-Every analyzer that runs many ablations or patches goes through `sweep`; so does causal
-tracing. A pass starts where its items first touch the model, from a clean (or `base`)
-reference run: nothing before that point can differ, so recomputing it would be waste.
+Every analyzer that runs many ablations, patches or restorations goes through `sweep`
+(activation patching, head ablation, circuit discovery, causal tracing, ...). A pass starts
+where its items first touch the model, from a reference run of the inputs (with the `base`
+interventions every item shares, such as causal tracing's noise): nothing before that point
+can differ from the reference, so recomputing it would be waste.
 """
 
 from __future__ import annotations
@@ -11,12 +13,23 @@ import dataclasses
 import math
 from collections.abc import Callable, Iterable, Sequence
 
+import numpy as np
 import torch
 
-from ..hooks import Intervention, hook_layer
-from .hooked import TokenBatch
+from ..hooks import Intervention, hook_layer, parse_hook_name
+from .hooked import PrefixCache, TokenBatch
+from .info import ModelInfo
 
+#: metric(output of a pass, the repeated batch) -> [rows] or [rows, m]
 SweepMetric = Callable[[torch.Tensor, TokenBatch], torch.Tensor]
+#: planning constant: the fixed cost of running one layer in a pass, in parameter-tokens (measured
+#: on CPU for SmolLM2: ~1.7 ms per layer and pass against ~75 us per token through a 3.5M-parameter
+#: layer, i.e. ~24 tokens' worth; small models pay the same fixed cost for far less compute)
+PASS_OVERHEAD_PARAMS = 85_000_000
+#: block sizes tried by the planner: every size up to this, then a geometric series (x1.25)
+_DENSE_BLOCK_SIZES = 16
+
+Start = tuple[int, int]  # (layer, position) a pass or an item starts at
 
 
 def sweep(
@@ -25,77 +38,117 @@ def sweep(
     items: Sequence[Sequence[Intervention]],
     metric: SweepMetric,
     *,
+    base: Sequence[Intervention] = (),
     batch_size: int = 32,
     logits_to_keep: int | torch.Tensor = 0,
     reuse_prefix: bool = True,
     progress: Callable[[Iterable], Iterable] | None = None,
 ) -> torch.Tensor:
-    """Run N intervention sets on the same inputs as batched passes: [N, batch.size].
+    """Run N intervention sets on the same inputs as batched passes: [N, B] (or [N, B, m]).
 
     Item i's interventions apply to its own copy of `batch` inside a pass of up to
-    `batch_size` rows; their `rows` refer to rows of `batch`. With `reuse_prefix`, a pass
-    starts where its items first touch the model, from the clean run (exact, since nothing
-    before that point can change): at the earliest layer (from the clean residual stream),
-    and in causal LMs also at the earliest position (attending to the clean keys and
-    values of the positions before it). Items are grouped into passes that share a late
-    start: by layer, and by (layer block, position block) when positions differ.
-    `metric(output, repeated_batch)` sees exactly the `logits_to_keep` positions it asked for.
+    `batch_size` rows; their `rows` refer to rows of `batch`. `base` interventions apply to
+    every row of every item, before the item's own (item i computes exactly
+    `model.forward(batch, interventions=[*base, *items[i]])`; an empty item is the base-only
+    run). `metric(output, repeated_batch)` returns one value per row ([k*B]) or m values
+    ([k*B, m]) and sees exactly the `logits_to_keep` positions it asked for.
+
+    With `reuse_prefix`, a pass starts where its items first touch the model, from the
+    reference run (the inputs with `base`): at the earliest layer (fed the reference residual
+    stream), and in causal LMs also at the earliest position (attending to the reference keys
+    and values of the positions before it). This is exact, since nothing before that point
+    can differ; base interventions computed before the start are already in what the pass
+    is fed, so the base never forces a pass to start early. Items are grouped into passes by
+    `plan_passes`. `reuse_prefix=False` runs every pass in full (the reference path).
     """
-    n_items, base = len(items), batch.size
-    per_pass = max(1, batch_size // base)
-    width = batch.input_ids.shape[1]
-    first_layer = [min(_first_layer(model, ivs), model.info.n_layers - 1) for ivs in items]
-    max_position = _max_start_position(model, batch, logits_to_keep) if reuse_prefix else 0
-    first_position = [min(_first_position(model, ivs, width), max_position) for ivs in items]
-    chunks = _group_items(first_layer, first_position, per_pass)
-    starts = [(min(first_layer[i] for i in c), min(first_position[i] for i in c)) for c in chunks]
-    if not reuse_prefix:
-        starts = [(0, 0)] * len(chunks)
-    clean_resid, prefix = _clean_prefix(model, batch, starts)
-    results = torch.empty(n_items, base, device=model.device)
-    for chunk, (layer, position) in zip(progress(chunks) if progress else chunks, starts, strict=True):
-        k = len(chunk)
-        repeated = batch.repeat(k)
-        interventions = [iv for copy, item in enumerate(chunk) for iv in _rows_of_copy(items[item], copy, base)]
+    n_items, rows_per_item = len(items), batch.size
+    items_per_pass = max(1, batch_size // rows_per_item)
+    width = int(batch.input_ids.shape[1])
+    n_layers = model.info.n_layers
+    if n_items == 0:
+        return torch.empty(0, rows_per_item, device=model.device)
+    if reuse_prefix:
+        last_start = _latest_start_position(model, batch, logits_to_keep, base)
+        starts = [
+            (min(first_layer(ivs, n_layers), n_layers - 1), min(first_position(model, ivs, width), last_start))
+            for ivs in items
+        ]
+    else:
+        starts = [(0, 0)] * n_items
+    passes = plan_passes(starts, items_per_pass, rows_per_item, n_layers, width, layer_pass_overhead(model.info))
+    pass_starts = [(min(starts[i][0] for i in p), min(starts[i][1] for i in p)) for p in passes]
+    resid, prefix = _reference(model, batch, base, pass_starts)
+    results: torch.Tensor | None = None
+    for chunk, (layer, position) in zip(progress(passes) if progress else passes, pass_starts, strict=True):
+        copies = len(chunk)
+        repeated = batch.repeat(copies)
+        item_ivs = _per_copy(model, [items[i] for i in chunk], rows_per_item)
         if layer == 0 and position == 0:
-            out = model.forward(repeated, interventions=interventions, logits_to_keep=logits_to_keep).output
+            base_ivs = _per_copy(model, [base] * copies, rows_per_item)
+            out = model.forward(repeated, interventions=[*base_ivs, *item_ivs], logits_to_keep=logits_to_keep).output
         else:
-            resid = clean_resid[layer][:, position:].repeat(k, 1, 1)
+            pending = [iv for iv in base if not computed_before(iv.hook, layer)]
+            base_ivs = _per_copy(model, [pending] * copies, rows_per_item)
+            shifted = [s for iv in (*base_ivs, *item_ivs) if (s := shift_positions(model, iv, position, width))]
             out = model.forward(
                 repeated,
-                interventions=[_shift_positions(model, iv, position, width) for iv in interventions],
+                interventions=shifted,
                 logits_to_keep=_shift_keep(logits_to_keep, position),
                 start_layer=layer,
-                start_resid=resid,
-                prefix=prefix.truncated(position) if position > 0 else None,
+                start_resid=resid[layer][:, position:].repeat(copies, 1, 1),
+                prefix=prefix.truncated(position) if position > 0 and prefix is not None else None,
             ).output
         values = metric(out, repeated)
-        results[torch.as_tensor(chunk, device=model.device)] = values.reshape(k, base).to(results.dtype)
+        if values.shape[0] != copies * rows_per_item:
+            raise ValueError(
+                f"sweep metric returned {tuple(values.shape)} for a pass of {copies * rows_per_item} rows; return one "
+                "value per row ([rows]) or m values per row ([rows, m])"
+            )
+        values = values.reshape(copies, rows_per_item, *values.shape[1:])
+        if results is None:
+            results = torch.empty(n_items, *values.shape[1:], dtype=values.dtype, device=values.device)
+        results[torch.as_tensor(chunk, device=results.device)] = values.to(results.dtype)
+    assert results is not None
     return results
 
-def _first_layer(model, interventions: Sequence[Intervention]) -> int:
-    return min((hook_layer(iv.hook) for iv in interventions), default=model.info.n_layers)
 
-def _first_position(model, interventions: Sequence[Intervention], width: int) -> int:
-    """The earliest position an item can change (0 where it may touch every position)."""
+# --- where an item can first change anything -----------------------------------------------
+def first_layer(interventions: Sequence[Intervention], n_layers: int) -> int:
+    """The first block an item's interventions can change (n_layers: none, an empty item)."""
+    return min((hook_layer(iv.hook) for iv in interventions), default=n_layers)
+
+
+def first_position(model, interventions: Sequence[Intervention], width: int) -> int:
+    """The earliest position an item can change: `width` for an empty item, 0 where it may
+    touch every position (encoders, position-less or non-shiftable interventions)."""
     if not interventions:
         return width  # changes nothing: may start as late as any pass
     if not model.info.is_causal:
         return 0
     first = width
     for iv in interventions:
-        site = model.adapter.sites.get(iv.hook)
-        if iv.positions is None or site is None or site.pos_axis != 1 or iv.hook.endswith("attn.pattern"):
+        if iv.positions is None or not _shiftable(model, iv):
             return 0
-        positions = [p + width if p < 0 else p for p in _index_list(iv.positions)]
-        first = min(first, min(positions, default=width))
+        touched = [p for row in position_lists(iv.positions) for p in _non_negative(row, width)]
+        first = min(first, min(touched, default=width))
     return first
 
-def _max_start_position(model, batch: TokenBatch, logits_to_keep: int | torch.Tensor) -> int:
-    """A pass may skip positions only while every row's last token and every kept logit lie after."""
-    if not model.info.is_causal:
+
+def _shiftable(model, iv: Intervention) -> bool:
+    """Whether a pass computing positions p.. only can apply the intervention (position axis 1:
+    attention patterns and scores index query and key positions and always see every position)."""
+    site = model.adapter.sites.get(iv.hook)
+    return site is not None and site.pos_axis == 1
+
+
+def _latest_start_position(
+    model, batch: TokenBatch, logits_to_keep: int | torch.Tensor, base: Sequence[Intervention]
+) -> int:
+    """A pass may skip positions only while every row's last token and every kept logit lie
+    after, and only where every base intervention can be shifted."""
+    if not model.info.is_causal or not all(_shiftable(model, iv) for iv in base):
         return 0
-    width = batch.input_ids.shape[1]
+    width = int(batch.input_ids.shape[1])
     if isinstance(logits_to_keep, torch.Tensor):
         kept = int(logits_to_keep.min()) if logits_to_keep.numel() else 0
     elif logits_to_keep > 0:
@@ -104,69 +157,221 @@ def _max_start_position(model, batch: TokenBatch, logits_to_keep: int | torch.Te
         return 0
     return max(0, min(kept, int(batch.last_index.min())))
 
-def _clean_prefix(model, batch: TokenBatch, starts: list[tuple[int, int]]):
-    """Clean resid_pre at every start layer, and clean keys/values where passes skip positions."""
-    layers = sorted({layer for layer, position in starts if layer > 0 or position > 0})
-    longest = max((position for _, position in starts), default=0)
-    if not layers:
-        return {}, None
-    names = [f"blocks.{layer}.resid_pre" for layer in layers]
-    out, prefix = model.reference_run(batch, names, keep_prefix=longest > 0)
-    clean_resid = {layer: out.cache[f"blocks.{layer}.resid_pre"] for layer in layers}
-    if prefix is not None:
-        prefix = prefix.truncated(longest)
-    return clean_resid, prefix
 
-def _shift_positions(model, iv: Intervention, start: int, width: int) -> Intervention:
-    """The intervention as seen by a pass that computes positions start.. only."""
+def computed_before(hook: str, layer: int) -> bool:
+    """Whether a hook point's value is already part of `blocks.{layer}.resid_pre` as the
+    reference run captured it (captures see their own hook point's interventions), so a pass
+    fed that residual stream must not apply the intervention again."""
+    hook_at, site = parse_hook_name(hook)
+    if hook_at is None:
+        return site == "embed"
+    return hook_at < layer or (hook_at == layer and site == "resid_pre")
+
+
+# --- positions: flat or per row ------------------------------------------------------------
+def per_row_positions(positions) -> bool:
+    """Whether `positions` is given per row (one list per selected row) rather than one flat
+    list shared by every row."""
+    if positions is None or isinstance(positions, int):
+        return False
+    if isinstance(positions, torch.Tensor):
+        return positions.ndim > 1
+    first = next(iter(positions), None)
+    return isinstance(first, (list, tuple, range)) or (isinstance(first, torch.Tensor) and first.ndim > 0)
+
+
+def position_lists(positions) -> list[list[int]]:
+    """The position lists of an intervention's `positions`: one per row in the per-row form,
+    a single list in the flat form."""
+    if isinstance(positions, torch.Tensor):
+        positions = positions.tolist()
+    if isinstance(positions, int):
+        return [[positions]]
+    if per_row_positions(positions):
+        return [_ints(row) for row in positions]
+    return [_ints(positions)]
+
+
+def _ints(index) -> list[int]:
+    if isinstance(index, torch.Tensor):
+        return [int(i) for i in index.flatten().tolist()]
+    if isinstance(index, int):
+        return [index]
+    return [int(i) for i in index]
+
+
+def _non_negative(positions: list[int], width: int) -> list[int]:
+    return [p + width if p < 0 else p for p in positions]
+
+
+def shift_positions(model, iv: Intervention, start: int, width: int) -> Intervention | None:
+    """The intervention as seen by a pass that computes positions start.. only.
+
+    Positions move down by `start` (in the flat and the per-row form); positions before
+    `start` are dropped (the pass is fed their reference states, which include base
+    interventions); None if nothing is left. A `value` spanning every position is cut to
+    the computed span.
+    """
     if start == 0:
         return iv
-    positions = [p + width if p < 0 else p for p in _index_list(iv.positions)]
+    positions = iv.positions
+    if positions is not None:
+        lists = [[p - start for p in _non_negative(row, width) if p >= start] for row in position_lists(positions)]
+        if per_row_positions(positions):
+            if not any(lists):
+                return None
+            positions = lists
+        else:
+            if not lists[0]:
+                return None
+            positions = lists[0]
+    return dataclasses.replace(iv, positions=positions, value=_value_from(model, iv, start, width))
+
+
+def _value_from(model, iv: Intervention, start: int, width: int) -> torch.Tensor | None:
+    """`iv.value` from position `start` on, where it has a position axis spanning the input.
+
+    The value broadcasts against the canonical activation, so its position axis is the
+    activation's counted from the right; a value without one (or of size 1 there) applies
+    to every position unchanged."""
     value = iv.value
-    if value is not None and value.ndim >= 2 and value.shape[1] == width:
-        value = value[:, start:]
-    return dataclasses.replace(iv, positions=[p - start for p in positions], value=value)
-
-
-def _index_list(index) -> list[int]:
-    return torch.as_tensor(index).flatten().tolist()
-
-
-def _rows_of_copy(interventions: Sequence[Intervention], copy: int, base: int) -> list[Intervention]:
-    """An item's interventions moved to its copy of the batch (rows copy*base .. copy*base+base-1)."""
-    offset = copy * base
-    moved = []
-    for iv in interventions:
-        rows = range(base) if iv.rows is None else _index_list(iv.rows)
-        own = list(range(offset, offset + base))
-        mean_over = own if iv.mean_over is None else [offset + r for r in _index_list(iv.mean_over)]
-        moved.append(iv.with_rows([offset + r for r in rows], mean_over))
-    return moved
+    site = model.adapter.sites.get(iv.hook)
+    if value is None or site is None or site.pos_axis is None:
+        return value
+    axis = value.ndim - (site.ndim - site.pos_axis)
+    if axis < 0 or value.shape[axis] != width:
+        return value
+    return value.narrow(axis, start, width - start)
 
 
 def _shift_keep(logits_to_keep: int | torch.Tensor, start: int) -> int | torch.Tensor:
     return logits_to_keep - start if isinstance(logits_to_keep, torch.Tensor) else logits_to_keep
 
 
-def _group_items(layers: list[int], positions: list[int], per_pass: int) -> list[list[int]]:
-    """Passes of up to `per_pass` items whose starts (layer, position) lie close together.
+# --- items onto the rows of a pass -----------------------------------------------------------
+def _per_copy(model, per_copy: Sequence[Sequence[Intervention]], rows_per_item: int) -> list[Intervention]:
+    """Copy j's interventions moved to its rows (j*B .. j*B+B-1) of a pass over the repeated
+    batch, merged across copies where they are the same intervention (same hook, op, value
+    object, heads, units and positions, and a value that does not depend on the row): one
+    intervention covering many rows applies much faster than one per row. Per row, the
+    interventions at a hook keep their order (groups are ordered by their rank within an
+    item's interventions at that hook)."""
+    groups: dict[tuple, tuple[int, Intervention, list[int]]] = {}
+    singles: list[tuple[int, Intervention]] = []
+    for copy, interventions in enumerate(per_copy):
+        offset = copy * rows_per_item
+        ranks: dict[str, int] = {}
+        for iv in interventions:
+            rank = ranks[iv.hook] = ranks.get(iv.hook, -1) + 1
+            rows = list(range(rows_per_item)) if iv.rows is None else _ints(iv.rows)
+            moved = [offset + r for r in rows]
+            key = _merge_key(model, iv)
+            if key is None:
+                own = list(range(offset, offset + rows_per_item))
+                mean_over = own if iv.mean_over is None else [offset + r for r in _ints(iv.mean_over)]
+                singles.append((rank, iv.with_rows(moved, mean_over)))
+            else:
+                groups.setdefault((rank, *key), (rank, iv, []))[2].extend(moved)
+    total = len(per_copy) * rows_per_item
+    merged = [(rank, iv.with_rows(None if rows == list(range(total)) else rows)) for rank, iv, rows in groups.values()]
+    ordered = sorted([*merged, *singles], key=lambda pair: pair[0])
+    return [iv for _, iv in ordered]
 
-    A pass costs about (layers after its start) x (positions after its start) per row, paid
-    for its earliest item; tiles of the (layer, position) plane shaped like the spread of the
-    items keep that waste small. With one start position this is simply sorting by layer.
+
+def _merge_key(model, iv: Intervention) -> tuple | None:
+    """What makes two copies of an intervention one intervention over their rows (None: it
+    depends on its copy's rows: a batch mean, per-row positions or a value with a batch axis)."""
+    if iv.op == "mean" and iv.value is None:
+        return None
+    if iv.positions is not None and per_row_positions(iv.positions):
+        return None
+    value = iv.value
+    site = model.adapter.sites.get(iv.hook)
+    if value is not None and (site is None or value.ndim >= site.ndim) and value.shape[0] != 1:
+        return None  # one entry per row of the batch (or of `rows`)
+    positions = None if iv.positions is None else tuple(position_lists(iv.positions)[0])
+    heads = None if iv.heads is None else tuple(_ints(iv.heads))
+    units = None if iv.units is None else tuple(_ints(iv.units))
+    return (iv.hook, iv.op, id(value), iv.factor, positions, heads, units)
+
+
+# --- the reference run -----------------------------------------------------------------------
+def _reference(
+    model, batch: TokenBatch, base: Sequence[Intervention], starts: Sequence[Start]
+) -> tuple[dict[int, torch.Tensor], PrefixCache | None]:
+    """The reference run (inputs with `base`): resid_pre at every layer a pass starts from,
+    and the keys/values of the positions passes skip."""
+    layers = sorted({layer for layer, position in starts if layer > 0 or position > 0})
+    if not layers:
+        return {}, None
+    longest = max(position for _, position in starts)
+    names = [f"blocks.{layer}.resid_pre" for layer in layers]
+    out, prefix = model.reference_run(batch, names, interventions=base, keep_prefix=longest > 0)
+    resid = {layer: out.cache[f"blocks.{layer}.resid_pre"] for layer in layers}
+    if prefix is not None:
+        prefix = prefix.truncated(longest)
+    return resid, prefix
+
+
+# --- grouping items into passes --------------------------------------------------------------
+def layer_pass_overhead(info: ModelInfo) -> float:
+    """The fixed per-layer cost of a pass, in token-layers of this model's compute (>= 1)."""
+    attention = 2 * info.d_model * info.n_heads * info.d_head + 2 * info.d_model * info.n_kv_heads * info.d_head
+    params = attention + 3 * info.d_model * info.d_mlp
+    return max(1.0, PASS_OVERHEAD_PARAMS / params)
+
+
+def plan_passes(
+    starts: Sequence[Start],
+    items_per_pass: int,
+    rows_per_item: int,
+    n_layers: int,
+    width: int,
+    overhead: float,
+) -> list[list[int]]:
+    """Group items into passes of up to `items_per_pass`, by estimated cost.
+
+    A pass starting at (layer L, position p) costs about (n_layers - L) x (rows x (width - p)
+    + overhead) token-layers: every row is computed from the earliest item's start, and
+    running a layer at all has a fixed cost. Items are tiled into blocks of (distinct) layers
+    x positions, each tile sorted by (layer, position) and cut into passes; the tiling with
+    the smallest estimated cost wins. Tiles shaped like the spread of the starts keep the
+    waste of a pass on its later items small; larger tiles mean fewer, fuller passes.
     """
-    layer_rank = {value: rank for rank, value in enumerate(sorted(set(layers)))}
-    position_rank = {value: rank for rank, value in enumerate(sorted(set(positions)))}
-    layer_block = max(1, round(math.sqrt(per_pass * len(layer_rank) / max(1, len(position_rank)))))
-    position_block = max(1, per_pass // layer_block)
-    tiles: dict[tuple[int, int], list[int]] = {}
-    for i in sorted(range(len(layers)), key=lambda i: (layers[i], positions[i])):
-        key = (layer_rank[layers[i]] // layer_block, position_rank[positions[i]] // position_block)
-        tiles.setdefault(key, []).append(i)
-    chunks = []
-    for key in sorted(tiles):
-        members = tiles[key]
-        chunks.extend(members[j : j + per_pass] for j in range(0, len(members), per_pass))
-    return chunks
+    n_items = len(starts)
+    if n_items == 0:
+        return []
+    layer = np.array([s[0] for s in starts], dtype=np.int64)
+    position = np.array([s[1] for s in starts], dtype=np.int64)
+    layer_rank = np.unique(layer, return_inverse=True)[1].reshape(-1)
+    position_rank = np.unique(position, return_inverse=True)[1].reshape(-1)
+    best: tuple[float, np.ndarray, np.ndarray] | None = None
+    for layer_block in _block_sizes(int(layer_rank.max()) + 1):
+        for position_block in _block_sizes(int(position_rank.max()) + 1):
+            tile = (layer_rank // layer_block) * n_items + position_rank // position_block
+            order = np.lexsort((position, layer, tile))
+            sorted_tile = tile[order]
+            new_tile = np.empty(n_items, dtype=bool)
+            new_tile[0], new_tile[1:] = True, sorted_tile[1:] != sorted_tile[:-1]
+            tile_begin = np.maximum.accumulate(np.where(new_tile, np.arange(n_items), 0))
+            bounds = np.flatnonzero((np.arange(n_items) - tile_begin) % items_per_pass == 0)
+            sizes = np.diff(np.append(bounds, n_items))
+            first_layers = np.minimum.reduceat(layer[order], bounds)
+            first_positions = np.minimum.reduceat(position[order], bounds)
+            rows = sizes * rows_per_item
+            cost = float(np.sum((n_layers - first_layers) * (rows * (width - first_positions) + overhead)))
+            if best is None or cost < best[0]:
+                best = (cost, order, bounds)
+    assert best is not None
+    _, order, bounds = best
+    return [chunk.tolist() for chunk in np.split(order, bounds[1:])]
 
 
+def _block_sizes(n: int) -> list[int]:
+    """Tile sizes tried along an axis with n distinct values: all small ones, then ~x1.25 steps."""
+    sizes = set(range(1, min(n, _DENSE_BLOCK_SIZES) + 1))
+    size = _DENSE_BLOCK_SIZES
+    while size < n:
+        size = min(n, math.ceil(size * 1.25))
+        sizes.add(size)
+    return sorted(sizes)

@@ -1,4 +1,9 @@
-"""Architecture adapters: one module per family, listed here by transformers model_type."""
+"""Architecture adapters: one module per family, found by transformers `model_type`.
+
+Built-ins are listed here; third-party packages add theirs through the
+`interpsuite_adapters` hook (see `interpsuite.hookspecs`). A plugin's adapter for a
+model_type that a built-in also handles wins: that is how a package fixes or extends one.
+"""
 
 from __future__ import annotations
 
@@ -7,16 +12,30 @@ from .base import Adapter
 from .bert import BertAdapter
 from .gpt2 import GPT2Adapter
 from .llama import LlamaAdapter
+from .mistral import MistralAdapter
+from .qwen2 import Qwen2Adapter
 
-ADAPTERS: tuple[type[Adapter], ...] = (LlamaAdapter, GPT2Adapter, BertAdapter)
+BUILTIN_ADAPTERS: tuple[type[Adapter], ...] = (LlamaAdapter, MistralAdapter, Qwen2Adapter, GPT2Adapter, BertAdapter)
+
+
+def registered_adapters() -> tuple[type[Adapter], ...]:
+    """Plugin adapters first (they may override a built-in), then the built-ins."""
+    from ...plugins import get_registry
+
+    plugin_adapters = tuple(c.obj for c in get_registry().adapters.values())
+    return (*plugin_adapters, *BUILTIN_ADAPTERS)
 
 
 def adapter_for(model_type: str) -> type[Adapter]:
-    for adapter in ADAPTERS:
+    adapters = registered_adapters()
+    for adapter in adapters:
         if model_type in adapter.model_types:
             return adapter
-    supported = sorted(t for a in ADAPTERS for t in a.model_types)
-    raise ConfigError(f"model type {model_type!r} has no interpsuite adapter; supported: {', '.join(supported)}")
+    supported = sorted({t for a in adapters for t in a.model_types})
+    raise ConfigError(
+        f"model type {model_type!r} has no interpsuite adapter; supported: {', '.join(supported)} "
+        "(a plugin can add one through the interpsuite_adapters hook)"
+    )
 
 
-__all__ = ["ADAPTERS", "Adapter", "adapter_for"]
+__all__ = ["BUILTIN_ADAPTERS", "Adapter", "adapter_for", "registered_adapters"]

@@ -1,84 +1,146 @@
-"""The contract one architecture family fulfils to join the hook-point vocabulary."""
+"""The contract one architecture family fulfils to join the hook-point vocabulary.
+
+An adapter names modules (the blocks, the attention module, projections, norms); this base
+class turns them into `HookSite`s. It never changes the model: the model layer installs
+listeners on the named modules while the model is wrapped and removes them on `close()`.
+A third-party package adds an architecture by returning its Adapter subclass from the
+`interpsuite_adapters` hook.
+"""
 
 from __future__ import annotations
 
-import contextlib
+import dataclasses
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
 from ...errors import HookError
-from ...hooks import HookPoint, HookSite
-from ..attention import PATTERN_ATTRIBUTE, register_attention
+from ...hooks import HookSite, SiteCall
+from ..attention import heads_first_read, heads_first_write
 from ..info import ModelInfo
+from ..norms import NormKind, apply_norm, scale_site
 
 
 def split_heads(n_heads: int) -> tuple:
-    """A (to_canonical, from_canonical) pair for [b, pos, h*d] <-> [b, pos, h, d]."""
+    """(read, write) for a [b, pos, h*d] tensor seen as [b, pos, h, d]."""
 
-    def to_canonical(raw: torch.Tensor) -> torch.Tensor:
+    def read(call: SiteCall) -> torch.Tensor:
+        raw = call.value
         return raw.view(*raw.shape[:-1], n_heads, raw.shape[-1] // n_heads)
 
-    def from_canonical(canonical: torch.Tensor, raw: torch.Tensor) -> torch.Tensor:
-        return canonical.reshape(raw.shape)
+    def write(call: SiteCall, canonical: torch.Tensor) -> torch.Tensor:
+        return canonical.reshape(call.value.shape)
 
-    return to_canonical, from_canonical
+    return read, write
+
+
+def derived_resid_mid(layer: int) -> tuple:
+    """(read, write) of `resid_mid = resid_pre + attn.out`, living on the attn.out boundary.
+
+    Pre-norm blocks keep the residual in a local variable, so there is no module boundary
+    where resid_mid passes; writing V into it means letting the attention sublayer add
+    V - resid_pre instead.
+    """
+    name = f"blocks.{layer}.resid_pre"
+
+    def read(call: SiteCall) -> torch.Tensor:
+        return call.state.values[name] + call.value
+
+    def write(call: SiteCall, canonical: torch.Tensor) -> torch.Tensor:
+        return canonical - call.state.values[name]
+
+    return read, write
 
 
 class Adapter(ABC):
-    """Maps one transformers architecture family onto the hook-point vocabulary.
-
-    Subclasses name the modules (`blocks`, `attention`, projections); this base class turns
-    them into `HookSite`s, installs the pattern HookPoints and the attention implementation.
-    Adding an architecture means writing one subclass and listing it in `adapters/__init__`.
-    """
+    """Maps one transformers architecture family onto the hook-point vocabulary."""
 
     architecture: ClassVar[str]
     model_types: ClassVar[tuple[str, ...]]
+    #: the formula of the model's norms (see interpsuite.models.norms)
+    norm_kind: ClassVar[NormKind] = "rms"
+    #: capability flags copied into ModelInfo (override `capabilities` where the config decides)
+    post_norm: ClassVar[bool] = False
+    gated_mlp: ClassVar[bool] = False
+    has_final_norm: ClassVar[bool] = True
+    heads_sum_to_attn_out: ClassVar[bool] = True
+    #: the AutoModel class that loads it: causal LMs with a head, encoders without
+    auto_class: ClassVar[str] = "AutoModelForCausalLM"
 
     def __init__(self, hf_model: nn.Module, info: ModelInfo):
         self.hf_model = hf_model
         self.info = info
-        hf_model.config._attn_implementation = register_attention()
-        for layer in range(info.n_layers):
-            attention = self.attention_module(layer)
-            if not isinstance(getattr(attention, PATTERN_ATTRIBUTE, None), HookPoint):
-                attention.add_module(PATTERN_ATTRIBUTE, HookPoint())
         self.sites = self.build_sites()
 
-    # --- what each architecture names -------------------------------------------------
+    # --- static description -------------------------------------------------------------
     @staticmethod
     @abstractmethod
     def info_from_config(name: str, config) -> ModelInfo:
-        """ModelInfo from a transformers config (no weights needed)."""
+        """ModelInfo from a transformers config (no weights needed; flags filled by `describe`)."""
 
+    @classmethod
+    def capabilities(cls, config) -> dict[str, Any]:
+        return {
+            "post_norm": cls.post_norm,
+            "gated_mlp": cls.gated_mlp,
+            "has_final_norm": cls.has_final_norm,
+            "heads_sum_to_attn_out": cls.heads_sum_to_attn_out,
+        }
+
+    @classmethod
+    def describe(cls, name: str, config) -> ModelInfo:
+        return dataclasses.replace(cls.info_from_config(name, config), **cls.capabilities(config))
+
+    # --- what each architecture names -------------------------------------------------
     @abstractmethod
     def layer_list(self) -> tuple[nn.Module, str]:
         """(owner, attribute) of the ModuleList of blocks, e.g. (model.model, "layers")."""
 
     @abstractmethod
     def attention_module(self, layer: int) -> nn.Module:
-        """The module that calls the attention function (it receives the pattern HookPoint)."""
+        """The module that calls the attention function (q, k, v, scores, pattern live there)."""
 
     @abstractmethod
     def attention_output_projection(self, layer: int) -> nn.Module:
-        """The projection whose input is `attn.z` and whose output is `attn.out`."""
+        """The projection whose input is `attn.z`."""
+
+    def attention_out_module(self, layer: int) -> nn.Module:
+        """The module whose (first) output is `attn.out`, the value added to the residual."""
+        return self.attention_module(layer)
+
+    @abstractmethod
+    def mlp_module(self, layer: int) -> nn.Module:
+        """The module whose output is `mlp.out`, the value added to the residual."""
+
+    @abstractmethod
+    def mlp_input_projection(self, layer: int) -> nn.Module:
+        """The projection whose output is `mlp.pre` (the gate projection of gated MLPs)."""
+
+    def mlp_up_projection(self, layer: int) -> nn.Module | None:
+        """The up projection of gated MLPs (`mlp.up`); None elsewhere."""
+        return None
 
     @abstractmethod
     def mlp_output_projection(self, layer: int) -> nn.Module:
-        """The projection whose input is `mlp.post` and whose output is `mlp.out`."""
+        """The projection whose input is `mlp.post`."""
+
+    @abstractmethod
+    def ln1(self, layer: int) -> nn.Module:
+        """The norm before attention (pre-norm) or after it (post-norm)."""
+
+    @abstractmethod
+    def ln2(self, layer: int) -> nn.Module:
+        """The norm before the MLP (pre-norm) or after it (post-norm)."""
 
     @abstractmethod
     def final_module(self) -> nn.Module | None:
         """The final norm, or None where the last block's output is the final hidden state."""
 
-    @abstractmethod
-    def embeddings_pass_through(self) -> contextlib.AbstractContextManager:
-        """A context in which the embedding step returns `inputs_embeds` unchanged (no position
-        embeddings, no norm), so a pass can be fed the residual stream of a later layer."""
+    def resid_mid_module(self, layer: int) -> nn.Module | None:
+        """A module whose output *is* resid_mid (post-norm models); None: derived from attn.out."""
+        return None
 
     def unembed_module(self) -> nn.Module | None:
         """The unembedding (lm_head) of causal LMs; None for encoders."""
@@ -90,41 +152,93 @@ class Adapter(ABC):
 
     # --- shared ------------------------------------------------------------------------
     def build_sites(self) -> dict[str, HookSite]:
-        n_heads = self.info.n_heads
-        to_heads, from_heads = split_heads(n_heads)
+        info = self.info
         blocks = self.blocks()
-        sites: dict[str, HookSite] = {"embed": HookSite(blocks[0], "input")}
-        for layer in range(self.info.n_layers):
+        sites: dict[str, HookSite] = {"embed": HookSite(blocks[0], "input", 0)}
+        for layer in range(info.n_layers):
             prefix = f"blocks.{layer}."
-            attention = self.attention_module(layer)
-            sites[prefix + "resid_pre"] = HookSite(blocks[layer], "input")
-            sites[prefix + "attn.pattern"] = HookSite(
-                getattr(attention, PATTERN_ATTRIBUTE), "output", head_axis=1, pos_axis=2
-            )
+            block = blocks[layer]
+            read_z, write_z = split_heads(info.n_heads)
+
+            def inside_attention(head_axis: int, pos_axis: int, heads_first: bool, layer: int = layer) -> HookSite:
+                if heads_first:
+                    read, write = heads_first_read, heads_first_write
+                    return HookSite(None, "attention", layer, read, write, head_axis, pos_axis, 4)
+                return HookSite(None, "attention", layer, head_axis=head_axis, pos_axis=pos_axis, ndim=4)
+
+            sites[prefix + "resid_pre"] = HookSite(block, "input", layer)
+            sites[prefix + "ln1.scale"] = scale_site(self.ln1(layer), self.norm_kind, layer)
+            for name in ("attn.q", "attn.k", "attn.v"):
+                sites[prefix + name] = inside_attention(2, 1, True)
+            sites[prefix + "attn.scores"] = inside_attention(1, 2, False)
+            sites[prefix + "attn.pattern"] = inside_attention(1, 2, False)
             sites[prefix + "attn.z"] = HookSite(
-                self.attention_output_projection(layer), "input", to_heads, from_heads, head_axis=2
+                self.attention_output_projection(layer), "input", layer, read_z, write_z, head_axis=2, ndim=4
             )
-            sites[prefix + "attn.out"] = HookSite(self.attention_output_projection(layer), "output")
-            sites[prefix + "mlp.post"] = HookSite(self.mlp_output_projection(layer), "input")
-            sites[prefix + "mlp.out"] = HookSite(self.mlp_output_projection(layer), "output")
-            sites[prefix + "resid_post"] = HookSite(blocks[layer], "output")
+            sites[prefix + "attn.out"] = HookSite(self.attention_out_module(layer), "output", layer)
+            mid = self.resid_mid_module(layer)
+            if mid is not None:
+                sites[prefix + "resid_mid"] = HookSite(mid, "output", layer)
+            else:
+                read, write = derived_resid_mid(layer)
+                sites[prefix + "resid_mid"] = HookSite(
+                    self.attention_out_module(layer), "output", layer, read, write, requires=(prefix + "resid_pre",)
+                )
+            sites[prefix + "ln2.scale"] = scale_site(self.ln2(layer), self.norm_kind, layer)
+            sites[prefix + "mlp.pre"] = HookSite(self.mlp_input_projection(layer), "output", layer)
+            up = self.mlp_up_projection(layer)
+            if up is not None:
+                sites[prefix + "mlp.up"] = HookSite(up, "output", layer)
+            sites[prefix + "mlp.post"] = HookSite(self.mlp_output_projection(layer), "input", layer)
+            sites[prefix + "mlp.out"] = HookSite(self.mlp_module(layer), "output", layer)
+            sites[prefix + "resid_post"] = HookSite(block, "output", layer)
         final = self.final_module()
-        sites["final"] = (
-            HookSite(final, "output") if final is not None else sites[f"blocks.{self.info.n_layers - 1}.resid_post"]
-        )
+        if final is not None:
+            sites["final.scale"] = scale_site(final, self.norm_kind, None)
+            sites["final"] = HookSite(final, "output")
+        else:
+            sites["final"] = sites[f"blocks.{info.n_layers - 1}.resid_post"]
         unembed = self.unembed_module()
         if unembed is not None:
             sites["logits"] = HookSite(unembed, "output")
+        expected = set(info.hook_points())
+        if set(sites) != expected:
+            raise HookError(
+                f"adapter {type(self).__name__} builds hook points {sorted(set(sites) ^ expected)} that its "
+                "ModelInfo flags do not describe (or the reverse)"
+            )
         return sites
 
-    @contextlib.contextmanager
-    def starting_at(self, layer: int) -> Iterator[None]:
-        """Within the block, a forward pass given `inputs_embeds = resid_pre[layer]` runs only
-        blocks layer.. (the ones below cannot change): used by batched sweeps. Hooks stay valid
-        because they live on the block modules, not on their positions in the list."""
-        owner, attribute = self.layer_list()
-        with self.embeddings_pass_through(), truncated_layers(owner, attribute, layer):
-            yield
+    # --- linear maps analyses need ------------------------------------------------------
+    def head_output_weights(self, layer: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """W_O per head [n_heads, d_head, d_model] and the output bias [d_model] (or None):
+        attn.out = sum_h z_h @ W_O[h] + bias, where `heads_sum_to_attn_out` holds."""
+        projection = self.attention_output_projection(layer)
+        weight = projection.weight
+        if type(projection).__name__ == "Conv1D":  # GPT-2 stores [in, out]
+            matrix = weight
+        else:  # nn.Linear stores [out, in]
+            matrix = weight.t()
+        n_heads, d_head = self.info.n_heads, self.info.d_head
+        return matrix.reshape(n_heads, d_head, matrix.shape[-1]), getattr(projection, "bias", None)
+
+    def frozen_final_norm(self, x: torch.Tensor, scale: torch.Tensor, bias: bool = False) -> torch.Tensor:
+        """The final norm with its scale fixed: linear in x (plus its bias when asked)."""
+        final = self.final_module()
+        if final is None:
+            return x
+        return apply_norm(self.norm_kind, final, x, scale, bias=bias)
+
+    def final_norm_bias(self) -> torch.Tensor | None:
+        final = self.final_module()
+        return None if final is None else getattr(final, "bias", None)
+
+    def unembed_matrix(self) -> torch.Tensor:
+        """W_U as [vocab, d_model] (the lm_head weight)."""
+        unembed = self.unembed_module()
+        if unembed is None:
+            raise HookError(f"{self.info.name} is an encoder without an unembedding")
+        return unembed.weight
 
     def unembed(self, resid: torch.Tensor) -> torch.Tensor:
         """Final norm + unembedding of a residual-stream tensor (logit lens)."""
@@ -132,14 +246,3 @@ class Adapter(ABC):
         if unembed is None:
             raise HookError(f"{self.info.name} is an encoder without an unembedding; the logit lens needs a causal LM")
         return unembed(final(resid) if final is not None else resid)
-
-
-@contextlib.contextmanager
-def truncated_layers(owner: nn.Module, attribute: str, layer: int) -> Iterator[None]:
-    """Temporarily replace `owner.attribute` (a ModuleList) by its slice from `layer` on."""
-    original = getattr(owner, attribute)
-    setattr(owner, attribute, nn.ModuleList(list(original)[layer:]))
-    try:
-        yield
-    finally:
-        setattr(owner, attribute, original)

@@ -3,15 +3,14 @@
 Post-norm changes what "the residual stream" means: each sublayer's output is added to its
 input and the sum is LayerNorm-ed. So `resid_pre`/`resid_post` are the normalised block
 inputs/outputs, `attn.out` and `mlp.out` are the dense projections *before* that add & norm,
-and resid_post != resid_pre + attn.out + mlp.out (unlike pre-norm decoders). `embed` is the
-embeddings' output after their LayerNorm; `final` equals the last block's `resid_post`.
-There is no `logits` hook point.
+`resid_mid` is the attention sublayer's normalised output (the MLP's input), and
+`ln1.scale`/`ln2.scale` are the normalisers of those two add & norms. resid_post !=
+resid_pre + attn.out + mlp.out (unlike pre-norm decoders). `embed` is the embeddings' output
+after their LayerNorm; `final` equals the last block's `resid_post`; there is no final norm
+(no `final.scale`) and no `logits` hook point.
 """
 
 from __future__ import annotations
-
-import contextlib
-from collections.abc import Iterator
 
 from torch import nn
 
@@ -22,13 +21,17 @@ from .base import Adapter
 class BertAdapter(Adapter):
     architecture = "bert"
     model_types = ("bert",)
+    norm_kind = "layer"
+    post_norm = True
+    has_final_norm = False
+    auto_class = "AutoModel"
 
-    @staticmethod
-    def info_from_config(name: str, config) -> ModelInfo:
+    @classmethod
+    def info_from_config(cls, name: str, config) -> ModelInfo:
         d_model = config.hidden_size
         return ModelInfo(
             name=name,
-            architecture="bert",
+            architecture=cls.architecture,
             n_layers=config.num_hidden_layers,
             n_heads=config.num_attention_heads,
             n_kv_heads=config.num_attention_heads,
@@ -53,22 +56,26 @@ class BertAdapter(Adapter):
     def attention_output_projection(self, layer: int) -> nn.Module:
         return self.blocks()[layer].attention.output.dense
 
+    def attention_out_module(self, layer: int) -> nn.Module:
+        return self.blocks()[layer].attention.output.dense
+
+    def resid_mid_module(self, layer: int) -> nn.Module:
+        return self.blocks()[layer].attention
+
+    def mlp_module(self, layer: int) -> nn.Module:
+        return self.blocks()[layer].output.dense
+
+    def mlp_input_projection(self, layer: int) -> nn.Module:
+        return self.blocks()[layer].intermediate.dense
+
     def mlp_output_projection(self, layer: int) -> nn.Module:
         return self.blocks()[layer].output.dense
 
+    def ln1(self, layer: int) -> nn.Module:
+        return self.blocks()[layer].attention.output.LayerNorm
+
+    def ln2(self, layer: int) -> nn.Module:
+        return self.blocks()[layer].output.LayerNorm
+
     def final_module(self) -> None:
         return None
-
-    @contextlib.contextmanager
-    def embeddings_pass_through(self) -> Iterator[None]:
-        # BERT's embeddings add position and token-type embeddings and a LayerNorm: hand the
-        # given inputs_embeds (the residual stream of a later layer) through unchanged.
-        def pass_through(module, args, kwargs, output):
-            return kwargs["inputs_embeds"]
-
-        pass_through.interpsuite = True
-        handle = self._body.embeddings.register_forward_hook(pass_through, with_kwargs=True)
-        try:
-            yield
-        finally:
-            handle.remove()

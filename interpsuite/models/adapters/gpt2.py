@@ -1,11 +1,12 @@
-"""GPT-2: pre-norm, learned absolute positions, GELU MLP, fused QKV (Conv1D projections)."""
+"""GPT-2: pre-norm LayerNorm, learned absolute positions, GELU MLP, fused QKV (Conv1D).
+
+`embed` is token + position embeddings. `attn.out` and `mlp.out` are the sublayer outputs
+after their residual dropout (what is added to the residual stream); `mlp.pre` is the
+output of `c_fc` before the GELU.
+"""
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
-
-import torch
 from torch import nn
 
 from ..info import ModelInfo
@@ -15,13 +16,14 @@ from .base import Adapter
 class GPT2Adapter(Adapter):
     architecture = "gpt2"
     model_types = ("gpt2",)
+    norm_kind = "layer"
 
-    @staticmethod
-    def info_from_config(name: str, config) -> ModelInfo:
+    @classmethod
+    def info_from_config(cls, name: str, config) -> ModelInfo:
         d_model = config.n_embd
         return ModelInfo(
             name=name,
-            architecture="gpt2",
+            architecture=cls.architecture,
             n_layers=config.n_layer,
             n_heads=config.n_head,
             n_kv_heads=config.n_head,
@@ -46,24 +48,23 @@ class GPT2Adapter(Adapter):
     def attention_output_projection(self, layer: int) -> nn.Module:
         return self.blocks()[layer].attn.c_proj
 
+    def mlp_module(self, layer: int) -> nn.Module:
+        return self.blocks()[layer].mlp
+
+    def mlp_input_projection(self, layer: int) -> nn.Module:
+        return self.blocks()[layer].mlp.c_fc
+
     def mlp_output_projection(self, layer: int) -> nn.Module:
         return self.blocks()[layer].mlp.c_proj
+
+    def ln1(self, layer: int) -> nn.Module:
+        return self.blocks()[layer].ln_1
+
+    def ln2(self, layer: int) -> nn.Module:
+        return self.blocks()[layer].ln_2
 
     def final_module(self) -> nn.Module:
         return self._body.ln_f
 
     def unembed_module(self) -> nn.Module:
         return self.hf_model.lm_head
-
-    @contextlib.contextmanager
-    def embeddings_pass_through(self) -> Iterator[None]:
-        # GPT-2 adds position embeddings to inputs_embeds: silence them.
-        def silence(module, args, output):
-            return torch.zeros_like(output)
-
-        silence.interpsuite = True
-        handle = self._body.wpe.register_forward_hook(silence)
-        try:
-            yield
-        finally:
-            handle.remove()

@@ -1,13 +1,12 @@
-"""Llama family (SmolLM2, Llama 2/3, Mistral, Qwen2): pre-norm, RoPE, gated MLP, GQA.
+"""Llama family (SmolLM2, Llama 2/3): pre-norm, RoPE, gated MLP, grouped-query attention.
 
-`attn.pattern` and `attn.z` are per *query* head: keys and values of a grouped KV head are
-expanded to each query head that reads them, so SmolLM2 shows 9 patterns per layer.
-`mlp.post` is act(gate) * up, the input of `down_proj`.
+`attn.pattern`, `attn.scores`, `attn.q` and `attn.z` are per *query* head; `attn.k` and
+`attn.v` keep the KV heads un-expanded (query head h reads KV head h // (n_heads / n_kv_heads)).
+`mlp.pre` is the gate projection's output, `mlp.up` the up projection's, `mlp.post` =
+act(gate) * up, the input of `down_proj`.
 """
 
 from __future__ import annotations
-
-import contextlib
 
 from torch import nn
 
@@ -17,14 +16,16 @@ from .base import Adapter
 
 class LlamaAdapter(Adapter):
     architecture = "llama"
-    model_types = ("llama", "mistral", "qwen2")
+    model_types = ("llama",)
+    norm_kind = "rms"
+    gated_mlp = True
 
-    @staticmethod
-    def info_from_config(name: str, config) -> ModelInfo:
+    @classmethod
+    def info_from_config(cls, name: str, config) -> ModelInfo:
         n_heads = config.num_attention_heads
         return ModelInfo(
             name=name,
-            architecture="llama",
+            architecture=cls.architecture,
             n_layers=config.num_hidden_layers,
             n_heads=n_heads,
             n_kv_heads=getattr(config, "num_key_value_heads", None) or n_heads,
@@ -49,15 +50,26 @@ class LlamaAdapter(Adapter):
     def attention_output_projection(self, layer: int) -> nn.Module:
         return self.blocks()[layer].self_attn.o_proj
 
+    def mlp_module(self, layer: int) -> nn.Module:
+        return self.blocks()[layer].mlp
+
+    def mlp_input_projection(self, layer: int) -> nn.Module:
+        return self.blocks()[layer].mlp.gate_proj
+
+    def mlp_up_projection(self, layer: int) -> nn.Module:
+        return self.blocks()[layer].mlp.up_proj
+
     def mlp_output_projection(self, layer: int) -> nn.Module:
         return self.blocks()[layer].mlp.down_proj
+
+    def ln1(self, layer: int) -> nn.Module:
+        return self.blocks()[layer].input_layernorm
+
+    def ln2(self, layer: int) -> nn.Module:
+        return self.blocks()[layer].post_attention_layernorm
 
     def final_module(self) -> nn.Module:
         return self._body.norm
 
     def unembed_module(self) -> nn.Module:
         return self.hf_model.lm_head
-
-    def embeddings_pass_through(self) -> contextlib.AbstractContextManager:
-        # Llama adds nothing to inputs_embeds (RoPE acts inside attention): nothing to silence.
-        return contextlib.nullcontext()
