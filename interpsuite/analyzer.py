@@ -17,6 +17,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from .errors import ConfigError
 from .figures import FigureStyle
+from .hooks import parse_hook_name
 from .results import Result
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -82,6 +83,26 @@ def check_layers(info: ModelInfo, layers: Sequence[int] | None, what: str) -> li
     if not resolved:
         raise ConfigError(f"{what}: empty layer list; give layer indices or null for all layers")
     return resolved
+
+
+def check_hook_points(info: ModelInfo, names: Sequence[str], what: str) -> list[str]:
+    """Validate hook-point names against what this architecture has (before weights load).
+
+    A per-layer site without `blocks.L.` (e.g. `mlp.up`) is checked as a site; full names
+    must exist. The message lists the model's valid points, so `mlp.up` on GPT-2 says what
+    GPT-2 has instead.
+    """
+    valid = set(info.hook_points())
+    sites = info.block_sites()
+    for name in names:
+        layer, site = parse_hook_name(str(name))
+        if name in valid or (layer is None and site in sites):
+            continue
+        if layer is not None and site in sites:
+            check_layers(info, [layer], f"{what} ({name})")
+        listing = ", ".join([*info.global_sites(), *(f"blocks.{{L}}.{s}" for s in sites)])
+        raise ConfigError(f"{what}: {info.name} ({info.architecture}) has no hook point {name!r}; it has: {listing}")
+    return list(names)
 
 
 def check_heads(info: ModelInfo, heads: Sequence[int] | None, what: str) -> list[int]:

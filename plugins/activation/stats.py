@@ -13,14 +13,24 @@ import numpy as np
 import pandas as pd
 import torch
 
-from interpsuite.analyzer import Analyzer, RunContext, check_layers
+from interpsuite.analyzer import Analyzer, RunContext, check_hook_points, check_layers
 from interpsuite.errors import ConfigError
 from interpsuite.models import ModelInfo
 from interpsuite.results import Result
 
 from .plots import plot_layer_profile, plot_unit_histograms
 
-SUPPORTED_HOOKS = ("resid_pre", "resid_post", "attn.out", "attn.z", "mlp.post", "mlp.out")
+SUPPORTED_HOOKS = (
+    "resid_pre",
+    "resid_mid",
+    "resid_post",
+    "attn.out",
+    "attn.z",
+    "mlp.pre",
+    "mlp.up",
+    "mlp.post",
+    "mlp.out",
+)
 STATS = ("mean", "std", "mean_norm", "near_zero_frac", "kurtosis", "max_abs")
 
 
@@ -144,6 +154,7 @@ class ActivationStats(Analyzer):
         bad = [h for h in cfg.hook_points if h not in SUPPORTED_HOOKS]
         if bad:
             raise ConfigError(f"activation_stats.hook_points: {bad} not supported; choose from {list(SUPPORTED_HOOKS)}")
+        check_hook_points(info, cfg.hook_points, "activation_stats.hook_points")
         check_layers(info, cfg.layers, "activation_stats.layers")
         if cfg.near_zero_threshold < 0 or cfg.dead_neuron_threshold < 0:
             raise ConfigError("activation_stats thresholds must be >= 0")
@@ -218,7 +229,7 @@ class ActivationStats(Analyzer):
 
     @staticmethod
     def _decomposition_hooks(info: ModelInfo, layers: list[int]) -> list[str]:
-        if info.architecture == "bert":  # post-norm: the residual does not decompose additively
+        if info.post_norm:  # the residual does not decompose additively
             return []
         layer = layers[0]
         return [f"blocks.{layer}.{s}" for s in ("resid_pre", "attn.out", "mlp.out", "resid_post")]

@@ -53,7 +53,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from interpsuite.analyzer import Analyzer, RunContext, check_layers
+from interpsuite.analyzer import Analyzer, RunContext, check_hook_points, check_layers
 from interpsuite.errors import ConfigError, HookError
 from interpsuite.hooks import parse_hook_name
 from interpsuite.models import HookedModel, ModelInfo, TokenBatch
@@ -65,7 +65,17 @@ MANIFEST = "manifest.json"
 ACT, IDX = "act/", "index/"
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 #: per-layer sites with one vector per token (attn.pattern is per query x key: not storable per row)
-BLOCK_SITES = ("resid_pre", "attn.z", "attn.out", "mlp.post", "mlp.out", "resid_post")
+BLOCK_SITES = (
+    "resid_pre",
+    "attn.z",
+    "attn.out",
+    "resid_mid",
+    "mlp.pre",
+    "mlp.up",
+    "mlp.post",
+    "mlp.out",
+    "resid_post",
+)
 MODEL_SITES = ("embed", "final")
 #: config entries that must match to resume a store
 COMPAT_KEYS = ("hooks", "dtype", "shard_tokens", "max_length")
@@ -101,13 +111,13 @@ def resolve_hooks(
                 f"`layers`), a full name like blocks.0.resid_post, or one of {list(MODEL_SITES)}"
             )
         names += [name for name in found if name not in names]
-    return names
+    return check_hook_points(info, names, f"{what}.hook_points")
 
 
 def hook_units(info: ModelInfo, hook: str) -> int:
     """Row width of a hook point in the store (attn.z: heads x d_head)."""
     site = parse_hook_name(hook)[1]
-    if site == "mlp.post":
+    if site in ("mlp.pre", "mlp.up", "mlp.post"):
         return info.d_mlp
     if site == "attn.z":
         return info.n_heads * info.d_head
