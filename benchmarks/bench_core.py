@@ -27,7 +27,8 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -123,20 +124,19 @@ def summarise(samples: Sequence[float]) -> dict[str, Any]:
     }
 
 
-@contextlib.contextmanager
-def stock_attention(model: HookedModel) -> Iterator[None]:
-    """Use transformers' own SDPA attention, so reference variants run no interpsuite code.
+_TWINS: dict[int, nn.Module] = {}
 
-    The adapter installs interpsuite's attention function (it defers to the same SDPA kernel
-    when no pattern is watched); switching back makes "bare" mean stock transformers.
-    """
-    config = model.hf_model.config
-    saved = config._attn_implementation
-    config._attn_implementation = "sdpa"
-    try:
-        yield
-    finally:
-        config._attn_implementation = saved
+
+def stock_model(model: HookedModel) -> nn.Module:
+    """An unwrapped copy of the model (same weights, stock SDPA attention, no interpsuite
+    listeners), so reference variants run no interpsuite code at all."""
+    if id(model) not in _TWINS:
+        config = model.hf_model.config.__class__.from_dict(model.hf_model.config.to_dict())
+        config._attn_implementation = "sdpa"
+        twin = type(model.hf_model)(config).eval()
+        twin.load_state_dict(model.hf_model.state_dict())
+        _TWINS[id(model)] = twin
+    return _TWINS[id(model)]
 
 
 def _hidden(output: torch.Tensor | tuple) -> torch.Tensor:
@@ -156,8 +156,10 @@ def random_batch(model: HookedModel, settings: Settings) -> TokenBatch:
 
 def bare_forward(model: HookedModel, batch: TokenBatch) -> torch.Tensor:
     """The baseline everything is measured against: stock transformers, no hooks, all logits."""
-    with torch.no_grad(), stock_attention(model):
-        return model.hf_model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False).logits
+    with torch.no_grad():
+        return stock_model(model)(
+            input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False
+        ).logits
 
 
 def plain_hooks_forward(model: HookedModel, batch: TokenBatch) -> list[torch.Tensor]:
@@ -167,7 +169,7 @@ def plain_hooks_forward(model: HookedModel, batch: TokenBatch) -> list[torch.Ten
     def keep(module: nn.Module, args: tuple, output: torch.Tensor | tuple) -> None:
         store.append(_hidden(output).detach())
 
-    handles = [layer.register_forward_hook(keep) for layer in model.hf_model.model.layers]
+    handles = [layer.register_forward_hook(keep) for layer in stock_model(model).model.layers]
     try:
         bare_forward(model, batch)
     finally:
@@ -222,10 +224,11 @@ def loop_sweep(
 ) -> torch.Tensor:
     """The reference: one forward pass per head, a torch pre-hook zeroing its slice of o_proj's input."""
     d_head = model.info.d_head
-    layers = model.hf_model.model.layers
+    stock = stock_model(model)
+    layers = stock.model.layers
     good, bad = answer_ids
     values = torch.empty(len(heads))
-    with torch.no_grad(), stock_attention(model):
+    with torch.no_grad():
         for i, (layer, head) in enumerate(heads):
 
             def zero_head(module: nn.Module, args: tuple, head: int = head) -> tuple:
@@ -235,7 +238,7 @@ def loop_sweep(
 
             handle = layers[layer].self_attn.o_proj.register_forward_pre_hook(zero_head)
             try:
-                logits = model.hf_model(
+                logits = stock(
                     input_ids=batch.input_ids,
                     attention_mask=batch.attention_mask,
                     use_cache=False,
@@ -314,6 +317,41 @@ def bench_sweep(model: HookedModel, settings: Settings) -> dict[str, Any]:
         "best_sweep": fastest(medians, "sweep_"),
         "best_naive": fastest(medians, "naive_"),
         "top_heads": top_heads(heads, reference),
+        "hooks_left": model.hooks_left(),
+    }
+
+
+# --- 3. one model shared by threads ----------------------------------------------------------
+def bench_threads(model: HookedModel, settings: Settings, n_threads: int = 4) -> dict[str, Any]:
+    """n threads sharing one HookedModel, each running the head sweep, vs the same sweeps one
+    after another. The numbers must be identical; throughput is sweeps per second."""
+    batch = model.tokenize([IOI_PROMPT])
+    answer_ids = (model.to_single_token(IOI_ANSWERS[0]), model.to_single_token(IOI_ANSWERS[1]))
+    heads = head_list(model, settings)
+    size = settings.batch_sizes[-1]
+
+    def one() -> torch.Tensor:
+        return interpsuite_sweep(model, batch, heads, answer_ids, size, True)
+
+    reference = one()  # warm-up and the values every run must reproduce
+    started = time.perf_counter()
+    sequential = [one() for _ in range(n_threads)]
+    sequential_s = time.perf_counter() - started
+    started = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=n_threads) as pool:
+        threaded = list(pool.map(lambda _: one(), range(n_threads)))
+    threaded_s = time.perf_counter() - started
+    return {
+        "threads": n_threads,
+        "n_heads": len(heads),
+        "batch_size": size,
+        "torch_threads": torch.get_num_threads(),
+        "sequential_s": sequential_s,
+        "threaded_s": threaded_s,
+        "sweeps_per_s": {"sequential": n_threads / sequential_s, "threaded": n_threads / threaded_s},
+        "throughput_ratio": sequential_s / threaded_s,
+        "identical": all(torch.equal(v, reference) for v in (*sequential, *threaded)),
+        "max_abs_diff": max((v - reference).abs().max().item() for v in (*sequential, *threaded)),
         "hooks_left": model.hooks_left(),
     }
 
@@ -434,6 +472,14 @@ def format_report(report: dict[str, Any]) -> str:
     for name, key in (("TransformerLens", "transformer_lens"), ("nnsight", "nnsight")):
         issue_s = ISSUE_REFERENCE["sweep_s"][key]
         lines.append(f"  {'(issue) ' + name:<34}{'':>10}{'':>9}{'':>12}{issue_s:>13.1f}")
+    threads = report["threads"]
+    lines += [
+        "",
+        f"One model, {threads['threads']} threads, each the {threads['n_heads']}-head sweep "
+        f"(bs {threads['batch_size']}):",
+        f"  sequential {threads['sequential_s']:.2f} s, threaded {threads['threaded_s']:.2f} s "
+        f"({threads['throughput_ratio']:.2f}x throughput), identical: {threads['identical']}",
+    ]
     noisy = [name for part in (capture, sweep) for name, stats in part["times_s"].items() if stats["noisy"]]
     if noisy:
         lines += [
@@ -475,6 +521,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     settings = Settings.for_run(args.quick, model.info.n_layers)
     capture = bench_capture(model, settings)
     sweep = bench_sweep(model, settings)
+    threads = bench_threads(model, settings)
     report = {
         "benchmark": "core",
         "timestamp": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -484,7 +531,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "settings": asdict(settings),
         "capture": capture,
         "head_ablation": sweep,
-        "targets": targets(capture, sweep),
+        "threads": threads,
+        "targets": {**targets(capture, sweep), "threads_identical": {
+            "value": threads["max_abs_diff"], "target": "== 0 (bitwise)", "met": threads["identical"]}},
         "issue_reference": ISSUE_REFERENCE,
         "duration_s": time.perf_counter() - started,
     }

@@ -40,7 +40,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_core import machine_info, stock_attention, summarise, time_interleaved  # noqa: E402
+from bench_core import machine_info, stock_model, summarise, time_interleaved  # noqa: E402
 from interpsuite_plugins.mechanistic.pairs import PromptPair, tokenize_pairs  # noqa: E402
 from interpsuite_plugins.mechanistic.patching import head_items, layer_position_items, prepare  # noqa: E402
 
@@ -94,12 +94,12 @@ def loop_patch(model: HookedModel, ids: torch.Tensor, answers: tuple[int, int], 
     """`patches`: (module, make_pre_hook) per patch; returns the logit difference of each pass."""
     good, bad = answers
     values = torch.empty(len(patches))
-    with torch.no_grad(), stock_attention(model):
+    with torch.no_grad():
         for i, (module, hook) in enumerate(patches):
             handle = module.register_forward_pre_hook(hook)
             try:
                 kwargs = {} if full_logits else {"logits_to_keep": 1}
-                logits = model.hf_model(input_ids=ids, use_cache=False, **kwargs).logits
+                logits = stock_model(model)(input_ids=ids, use_cache=False, **kwargs).logits
             finally:
                 handle.remove()
             values[i] = logits[0, -1, good] - logits[0, -1, bad]
@@ -108,7 +108,7 @@ def loop_patch(model: HookedModel, ids: torch.Tensor, answers: tuple[int, int], 
 
 def head_patches(model: HookedModel, clean_z: dict[int, torch.Tensor]):
     """Pre-hooks on o_proj writing one head's clean slice (o_proj's input is the heads' concatenation)."""
-    d_head, layers = model.info.d_head, model.hf_model.model.layers
+    d_head, layers = model.info.d_head, stock_model(model).model.layers
     patches = []
     for layer in range(model.info.n_layers):
         for head in range(model.info.n_heads):
@@ -125,7 +125,7 @@ def head_patches(model: HookedModel, clean_z: dict[int, torch.Tensor]):
 
 def resid_patches(model: HookedModel, clean_resid: dict[int, torch.Tensor], width: int):
     """Pre-hooks on each decoder layer writing the clean residual stream at one position."""
-    layers = model.hf_model.model.layers
+    layers = stock_model(model).model.layers
     patches = []
     for layer in range(model.info.n_layers):
         for position in range(width):
@@ -142,12 +142,12 @@ def resid_patches(model: HookedModel, clean_resid: dict[int, torch.Tensor], widt
 def clean_activations(model: HookedModel, ids: torch.Tensor):
     """Clean o_proj inputs and decoder-layer inputs captured with plain hooks (the loop's own source)."""
     z, resid, handles = {}, {}, []
-    for layer, block in enumerate(model.hf_model.model.layers):
+    for layer, block in enumerate(stock_model(model).model.layers):
         handles.append(block.self_attn.o_proj.register_forward_pre_hook(lambda m, a, i=layer: z.__setitem__(i, a[0])))
         handles.append(block.register_forward_pre_hook(lambda m, a, i=layer: resid.__setitem__(i, a[0])))
     try:
-        with torch.no_grad(), stock_attention(model):
-            model.hf_model(input_ids=ids, use_cache=False)
+        with torch.no_grad():
+            stock_model(model)(input_ids=ids, use_cache=False)
     finally:
         for handle in handles:
             handle.remove()

@@ -348,9 +348,9 @@ class PassState:
     """What one forward pass asked for, published to the listeners of its own thread only.
 
     `owner` is the HookedModel the pass belongs to (two wrappers of one model ignore each
-    other's passes); `start_layer` makes blocks below it pass their input through unchanged
-    (a sweep resuming from a stored residual stream); `passthrough` makes the embedding step
-    hand `inputs_embeds` on untouched.
+    other's passes); `start_layer` makes blocks below it hand their input through unchanged
+    and `start_resid` is what the start block reads instead (a sweep resuming from a stored
+    residual stream); `parent` is the enclosing `model.hooks(...)` block, if any.
     """
 
     def __init__(
@@ -359,24 +359,34 @@ class PassState:
         sites: dict[str, HookSite],
         plan: HookPlan,
         start_layer: int = 0,
-        passthrough: bool = False,
+        parent: PassState | None = None,
     ):
         self.owner = owner
         self.plan = plan
         self.start_layer = start_layer
-        self.passthrough = passthrough
+        self.start_resid: torch.Tensor | None = None
         self.cache = plan.cache
         self.values: dict[str, torch.Tensor] = {}  # what `requires` asked for, post-intervention
-        self.fired: set[str] = set()
-        self.by_name: dict[str, list[Intervention]] = {}
+        # a pass inside `model.hooks(...)` also does what the enclosing block asked for (first),
+        # records the enclosing captures into the enclosing cache, and counts as its firing
+        self.fired: set[str] = parent.fired if parent is not None else set()
         for iv in plan.interventions:
             if iv.hook not in sites:
                 raise HookError(unknown_hook_message(iv.hook, sites))
-            self.by_name.setdefault(iv.hook, []).append(iv)
         for name in plan.capture:
             if name not in sites:
                 raise HookError(unknown_hook_message(name, sites))
-        self.capture = set(plan.capture)
+        self.own_names = [*plan.capture, *(iv.hook for iv in plan.interventions)]
+        self.by_name: dict[str, list[Intervention]] = {}
+        for iv in [*(parent.all_interventions if parent is not None else ()), *plan.interventions]:
+            self.by_name.setdefault(iv.hook, []).append(iv)
+        self.all_interventions = [iv for ivs in self.by_name.values() for iv in ivs]
+        self.sinks: dict[str, list[tuple[ActivationCache, bool]]] = {
+            name: list(targets) for name, targets in (parent.sinks.items() if parent is not None else ())
+        }
+        for name in plan.capture:
+            self.sinks.setdefault(name, []).append((plan.cache, plan.detach))
+        self.capture = set(self.sinks)
         self.required: set[str] = set()
         for name in [*self.by_name, *self.capture]:
             self._require(name, sites)
@@ -396,11 +406,13 @@ class PassState:
         interventions = self.by_name.get(name)
         if interventions:
             canonical = apply_interventions(canonical, interventions, site)
-        if name in self.capture:
-            self.cache[name] = canonical.detach() if self.plan.detach else canonical
+        keep_graph = False
+        for cache, detach in self.sinks.get(name, ()):
+            cache[name] = canonical.detach() if detach else canonical
+            keep_graph = keep_graph or not detach
         if name in self.required:
             self.values[name] = canonical
-        if interventions or (name in self.capture and not self.plan.detach and site.read is not _identity_read):
+        if interventions or (keep_graph and site.read is not _identity_read):
             # with gradients, the model must compute on the captured (reshaped) tensor itself,
             # or autograd.grad with respect to it finds it unused
             return site.write(call, canonical)
@@ -408,7 +420,7 @@ class PassState:
 
     def check_fired(self) -> None:
         """A hook point asked for but never reached in the pass is an error naming it."""
-        missing = [n for n in (*self.plan.capture, *self.by_name) if n not in self.fired]
+        missing = [n for n in self.own_names if n not in self.fired]
         if missing:
             raise HookError(
                 f"hook point(s) {', '.join(dict.fromkeys(missing))} never fired in this pass (a skipped layer, a "

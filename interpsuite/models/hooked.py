@@ -219,7 +219,7 @@ class HookedModel:
     def _pass(self, plan: HookPlan, start_layer: int = 0, start_resid: torch.Tensor | None = None):
         if self._closed:
             raise HookError("this HookedModel was closed; wrap the model again to use hooks")
-        state = PassState(self, self.adapter.sites, plan, start_layer)
+        state = PassState(self, self.adapter.sites, plan, start_layer, parent=current_pass(self))
         state.start_resid = start_resid
         token = CURRENT_PASS.set(state)
         with self._count_lock:
