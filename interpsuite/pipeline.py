@@ -27,6 +27,7 @@ from .data import DataConfig, Inputs, as_data_config, load_inputs
 from .errors import AnalyzerError, ConfigError
 from .models import HookedModel, ModelInfo, describe_model
 from .models.loading import load_model
+from .models.placement import resolve_placement
 from .plugins import PluginRegistry, get_registry
 from .results import Result
 from .sinks.base import RunInfo, Sink
@@ -93,6 +94,9 @@ class InterpretabilityPipeline:
         output_dir: str | Path | None = None,
         device: str = "cpu",
         dtype: str = "float32",
+        device_map: str | Mapping[str, Any] | None = None,
+        max_memory: Mapping[str, Any] | None = None,
+        offload_dir: str | Path | None = None,
         seed: int = 0,
         batch_size: int = 8,
         sinks: Sequence[str] = ("rundir", "wandb"),
@@ -110,6 +114,9 @@ class InterpretabilityPipeline:
         self.output_dir = Path(output_dir) if output_dir else None
         self.device = device
         self.dtype = dtype
+        self.device_map = device_map
+        self.max_memory = max_memory
+        self.offload_dir = offload_dir
         self.seed = seed
         self.batch_size = batch_size
         self.sink_names = list(sinks)
@@ -143,6 +150,9 @@ class InterpretabilityPipeline:
             device=container.get("device", "cpu"),
             dtype=(model_cfg.get("dtype") if isinstance(model_cfg, dict) else None)
             or container.get("dtype", "float32"),
+            device_map=model_cfg.get("device_map") if isinstance(model_cfg, dict) else None,
+            max_memory=model_cfg.get("max_memory") if isinstance(model_cfg, dict) else None,
+            offload_dir=model_cfg.get("offload_dir") if isinstance(model_cfg, dict) else None,
             seed=int(container.get("seed", 0)),
             batch_size=int(container.get("batch_size", 8)),
             sinks=container.get("sinks") or ["rundir"],
@@ -170,6 +180,8 @@ class InterpretabilityPipeline:
             raise ConfigError("table_format=parquet needs pyarrow: pip install 'interpsuite[parquet]'")
         for sink in self.sink_names:
             self.registry.sink(sink)
+        if not isinstance(self.model, HookedModel):  # device, dtype and device map: before any weights
+            resolve_placement(self.device, self.dtype, self.device_map, self.max_memory, self.offload_dir)
         planned = []
         for name, options in self.analyzer_options.items():
             cls = self.registry.analyzer(name)
@@ -219,7 +231,15 @@ class InterpretabilityPipeline:
         model = (
             self.model
             if isinstance(self.model, HookedModel)
-            else load_model(self.model, device=self.device, dtype=self.dtype, seed=self.seed)
+            else load_model(
+                self.model,
+                device=self.device,
+                dtype=self.dtype,
+                seed=self.seed,
+                device_map=self.device_map,
+                max_memory=self.max_memory,
+                offload_dir=self.offload_dir,
+            )
         )
         ctx = RunContext(
             model=model,

@@ -45,6 +45,26 @@ DeviceKey = int | str  # accelerate's spelling: an int for an accelerator ordina
 DeviceMap = dict[str, DeviceKey]
 
 
+# Capturing `blocks.L.attn.pattern` switches layer L from fused SDPA to an explicit softmax(QK^T)V.
+# Both compute the softmax in float32, but SDPA's blocked kernel accumulates in another order (a
+# few float32 ulps per layer, amplified by the layers above), and in half precision the two paths
+# round to the storage dtype at different points. Measured max|delta logit| / (eps(dtype) * max|logit|)
+# over 5 text sets, pattern captured at layers 0, 1, 5, 15 and at every layer (CPU, torch 2.13):
+#   SmolLM2 (30 layers)           float32 21.3   float16 6.4   bfloat16 5.7
+#   every tiny_* model (2 layers) float32  3.9   float16 0.9   bfloat16 1.0
+# The tolerance below leaves 3x headroom in float32 and 2.5x in half precision.
+STORAGE_ULPS = 16
+ACCUMULATION_ULPS = 48
+
+
+def explicit_attention_tolerance(dtype: torch.dtype, logit_scale: float) -> float:
+    """How far the explicit attention path may move outputs of scale `logit_scale` (max |logit|) in `dtype`.
+
+    A rounding budget, not a fudge factor: a few ulps of the storage dtype plus a few float32 ulps
+    for the softmax both paths accumulate in float32 (see the measured values above)."""
+    return logit_scale * (STORAGE_ULPS * torch.finfo(dtype).eps + ACCUMULATION_ULPS * torch.finfo(torch.float32).eps)
+
+
 # --- names ---------------------------------------------------------------------------------
 
 
@@ -372,7 +392,7 @@ def resolve_placement(
                 "already says where every module goes: drop max_memory or use device_map='auto'"
             )
         budgets = {
-            _accelerate_key(canonical_device(key, f"max_memory key {key!r}", allow_disk=True)): parse_memory(
+            _accelerate_key(canonical_device(key, "max_memory key", allow_disk=True)): parse_memory(
                 value, f"max_memory[{key!r}]"
             )
             for key, value in max_memory.items()
