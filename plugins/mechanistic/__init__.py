@@ -19,6 +19,7 @@ MODULES: tuple[str, ...] = (
     "lens",
     "tuned_lens",
     "causal_tracing",
+    "dla",
 )
 
 
