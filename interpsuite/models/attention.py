@@ -79,8 +79,14 @@ def explicit_attention(
     softcap: float | None,
     is_causal: bool,
     watch: Callable[[str, torch.Tensor], torch.Tensor],
+    uniform_empty_rows: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Attention written out, with `scores` and `pattern` passed through `watch`."""
+    """Attention written out, with `scores` and `pattern` passed through `watch`.
+
+    A query row with no allowed key (left padding; a right-padded query whose sliding window
+    holds only padding) gets what the implementation it stands in for gives it, so watching a
+    layer changes nothing anywhere: eager's uniform pattern, or (`uniform_empty_rows=False`)
+    SDPA's zeros (PyTorch >= 2.5 returns 0 for a fully masked row)."""
     n_rep = query.shape[1] // key.shape[1]
     if n_rep > 1:
         key = key.repeat_interleave(n_rep, dim=1)
@@ -94,9 +100,10 @@ def explicit_attention(
     if allowed is not None:
         scores = scores.masked_fill(~allowed, float("-inf"))
     scores = watch("attn.scores", scores)
-    # a row with no allowed key (left padding) gets the uniform pattern eager attention gives it
     finite = scores.clamp(min=torch.finfo(scores.dtype).min)
     pattern = torch.softmax(finite, dim=-1, dtype=torch.float32).to(query.dtype)
+    if not uniform_empty_rows:
+        pattern = pattern.masked_fill(torch.isneginf(scores).all(dim=-1, keepdim=True), 0.0)
     pattern = watch("attn.pattern", pattern)
     pattern = torch.nn.functional.dropout(pattern, p=dropout, training=module.training)
     output = torch.matmul(pattern, value).transpose(1, 2).contiguous()
@@ -160,6 +167,7 @@ def make_attention(original_name: str) -> Callable:
             softcap=kwargs.get("softcap"),
             is_causal=bool(is_causal),
             watch=watch,
+            uniform_empty_rows=original_name == "eager",
         )
 
     return interpsuite_attention

@@ -385,12 +385,20 @@ class HookedModel:
         `keep_prefix`, every layer's keys and values (the last logit only is computed)."""
         with_cache = keep_prefix and self.info.is_causal
         plan = HookPlan(tuple(capture), tuple(interventions))
+        kwargs: dict = {"logits_to_keep": 1} if self.info.is_causal else {}
+        if with_cache:
+            from transformers import DynamicCache
+
+            # a cache built without the config keeps every position of every layer: the one the
+            # model would build keeps only the last window of sliding-window layers (Mistral,
+            # Qwen2, Gemma-2), and a prefix must be cut at any position
+            kwargs[self._cache_keyword] = DynamicCache()
         with torch.no_grad(), self._pass(plan) as state:
             out = self.hf_model(
                 input_ids=batch.input_ids,
                 attention_mask=batch.attention_mask,
                 use_cache=with_cache,
-                **({"logits_to_keep": 1} if self.info.is_causal else {}),
+                **kwargs,
             )
         state.check_fired()
         prefix = None

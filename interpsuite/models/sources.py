@@ -84,9 +84,90 @@ def byte_tokenizer():
 TINY_VOCAB = 258
 
 
-def _tiny_config(kind: str):
-    from transformers import BertConfig, GPT2Config, LlamaConfig
+#: attention implementation each tiny model loads with (Gemma-2 has no SDPA path: soft-capping)
 
+#: token ids every tiny decoder shares with the byte tokenizer (<|endoftext|> = 256, <pad> = 257)
+_TINY_SPECIALS = {"pad_token_id": TINY_VOCAB - 1, "bos_token_id": 256, "eos_token_id": 256}
+
+
+def _tiny_config(kind: str):
+    """Config of a tiny random model: 2 layers, d_model 64, the byte tokenizer's 258 tokens.
+
+    The newer architectures switch on what makes them different at a size tests reach:
+    sliding windows of 4 tokens (Mistral everywhere, Qwen2 on layer 1, Gemma-2 on layer 0),
+    grouped-query attention, partial rotary and parallel blocks (GPT-NeoX), soft-capping and
+    a query scale other than 1/sqrt(d_head) (Gemma-2).
+    """
+    from transformers import (
+        BertConfig,
+        Gemma2Config,
+        GPT2Config,
+        GPTNeoXConfig,
+        LlamaConfig,
+        MistralConfig,
+        Qwen2Config,
+    )
+
+    if kind == "tiny_mistral":
+        return MistralConfig(
+            vocab_size=TINY_VOCAB,
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=256,
+            sliding_window=4,
+            tie_word_embeddings=False,
+            **_TINY_SPECIALS,
+        )
+    if kind == "tiny_qwen2":
+        return Qwen2Config(
+            vocab_size=TINY_VOCAB,
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=256,
+            use_sliding_window=True,
+            sliding_window=4,
+            max_window_layers=1,  # layer 0 full attention, layer 1 sliding
+            tie_word_embeddings=False,
+            **_TINY_SPECIALS,
+        )
+    if kind == "tiny_neox":
+        return GPTNeoXConfig(
+            vocab_size=TINY_VOCAB,
+            hidden_size=64,
+            intermediate_size=256,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            max_position_embeddings=256,
+            rotary_pct=0.25,
+            use_parallel_residual=True,
+            tie_word_embeddings=False,
+            **_TINY_SPECIALS,
+        )
+    if kind == "tiny_gemma2":
+        return Gemma2Config(
+            vocab_size=TINY_VOCAB,
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            head_dim=16,
+            query_pre_attn_scalar=32,
+            max_position_embeddings=256,
+            sliding_window=4,
+            layer_types=["sliding_attention", "full_attention"],
+            # caps near the tiny model's score and logit ranges, so that soft-capping bites
+            initializer_range=0.1,
+            attn_logit_softcapping=2.0,
+            final_logit_softcapping=5.0,
+            **_TINY_SPECIALS,
+        )
     if kind == "tiny_llama":
         return LlamaConfig(
             vocab_size=TINY_VOCAB,
@@ -129,7 +210,7 @@ def _load_tiny(kind: str, seed: int, dtype: torch.dtype, placement: Placement | 
 
     placement = placement or Placement(dtype=dtype)
     config = _tiny_config(kind)
-    config._attn_implementation = "sdpa"
+    config._attn_implementation = adapter_for(config.model_type).attn_implementation
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         if kind == "tiny_bert":
@@ -286,7 +367,7 @@ def _load_hub(name: str, seed: int, dtype: torch.dtype, placement: Placement | N
     adapter = adapter_for(config.model_type)
     loader = AutoModel if adapter.auto_class == "AutoModel" else AutoModelForCausalLM
     placed = placement.pretrained_kwargs(loader, config, name)
-    model = placement.finish(loader.from_pretrained(name, attn_implementation="sdpa", **placed))
+    model = placement.finish(loader.from_pretrained(name, attn_implementation=adapter.attn_implementation, **placed))
     return LoadedModel(model, AutoTokenizer.from_pretrained(name), adapter.describe(name, config))
 
 
@@ -323,6 +404,10 @@ EMBEDDED: dict[str, EmbeddedModel] = {
     "tiny_llama": _tiny("tiny_llama"),
     "tiny_gpt2": _tiny("tiny_gpt2"),
     "tiny_bert": _tiny("tiny_bert"),
+    "tiny_mistral": _tiny("tiny_mistral"),
+    "tiny_qwen2": _tiny("tiny_qwen2"),
+    "tiny_neox": _tiny("tiny_neox"),
+    "tiny_gemma2": _tiny("tiny_gemma2"),
 }
 
 

@@ -10,12 +10,22 @@ from __future__ import annotations
 from ...errors import ConfigError
 from .base import Adapter
 from .bert import BertAdapter
+from .gemma2 import Gemma2Adapter
 from .gpt2 import GPT2Adapter
+from .gpt_neox import GPTNeoXAdapter
 from .llama import LlamaAdapter
 from .mistral import MistralAdapter
 from .qwen2 import Qwen2Adapter
 
-BUILTIN_ADAPTERS: tuple[type[Adapter], ...] = (LlamaAdapter, MistralAdapter, Qwen2Adapter, GPT2Adapter, BertAdapter)
+BUILTIN_ADAPTERS: tuple[type[Adapter], ...] = (
+    LlamaAdapter,
+    MistralAdapter,
+    Qwen2Adapter,
+    Gemma2Adapter,
+    GPT2Adapter,
+    GPTNeoXAdapter,
+    BertAdapter,
+)
 
 
 def registered_adapters() -> tuple[type[Adapter], ...]:

@@ -68,6 +68,8 @@ class Adapter(ABC):
     heads_sum_to_attn_out: ClassVar[bool] = True
     #: the AutoModel class that loads it: causal LMs with a head, encoders without
     auto_class: ClassVar[str] = "AutoModelForCausalLM"
+    #: the attention implementation to load it with ("eager" where SDPA cannot express the model)
+    attn_implementation: ClassVar[str] = "sdpa"
 
     def __init__(self, hf_model: nn.Module, info: ModelInfo):
         self.hf_model = hf_model

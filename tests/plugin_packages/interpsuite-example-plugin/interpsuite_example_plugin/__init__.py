@@ -1,14 +1,16 @@
 """interpsuite-example-plugin: a minimal third-party interpsuite plugin.
 
-It contributes one analyzer, `example_token_norms`, and a Hydra config directory, through
-the two hooks below. interpsuite finds this module through the entry point declared in
-`pyproject.toml`:
+It contributes one analyzer, `example_token_norms`, a Hydra config directory, and an
+architecture adapter for StableLM (a transformers `model_type` interpsuite has no built-in
+adapter for), through the three hooks below. interpsuite finds this module through the
+entry point declared in `pyproject.toml`:
 
     [project.entry-points.interpsuite]
     example = "interpsuite_example_plugin"
 
 Nothing here touches interpsuite's internals: the analyzer asks the model for a capture
-(`ctx.model.forward(batch, capture=[...])`) and returns a `Result`.
+(`ctx.model.forward(batch, capture=[...])`) and returns a `Result`; the adapter only names
+modules of the transformers model, and interpsuite builds the hook points from them.
 """
 
 from __future__ import annotations
@@ -18,11 +20,13 @@ from pathlib import Path
 
 import pandas as pd
 import torch
+from torch import nn
 
 from interpsuite.analyzer import Analyzer, RunContext, check_layers
 from interpsuite.errors import ConfigError
 from interpsuite.hookspecs import hookimpl
 from interpsuite.models import ModelInfo
+from interpsuite.models.adapters import Adapter
 from interpsuite.results import Result
 
 __version__ = "0.1.0"
@@ -93,6 +97,75 @@ class TokenNormAnalyzer(Analyzer):
         return result
 
 
+class StableLmAdapter(Adapter):
+    """StableLM (`model_type` "stablelm"): a Llama-like block with LayerNorm and partial rotary.
+
+    Sequential blocks only: with `use_parallel_residual` one LayerNorm feeds both attention and
+    MLP, so `ln1.scale` and `ln2.scale` would be one tensor; such configs are refused before
+    any weight loads. `mlp.out` is the output of the block's `dropout` after the MLP (the value
+    added to the residual); `attn.out` is `o_proj`'s output (the block adds it undropped).
+    """
+
+    architecture = "stablelm"
+    model_types = ("stablelm",)
+    norm_kind = "layer"
+    gated_mlp = True
+
+    @classmethod
+    def info_from_config(cls, name: str, config) -> ModelInfo:
+        if getattr(config, "use_parallel_residual", False):
+            raise ConfigError(
+                f"{name}: StableLM with use_parallel_residual shares one norm; this adapter needs sequential blocks"
+            )
+        n_heads = config.num_attention_heads
+        return ModelInfo(
+            name=name,
+            architecture=cls.architecture,
+            n_layers=config.num_hidden_layers,
+            n_heads=n_heads,
+            n_kv_heads=config.num_key_value_heads or n_heads,
+            d_model=config.hidden_size,
+            d_head=config.hidden_size // n_heads,
+            d_mlp=config.intermediate_size,
+            vocab_size=config.vocab_size,
+            is_causal=True,
+            max_positions=config.max_position_embeddings,
+        )
+
+    def layer_list(self) -> tuple[nn.Module, str]:
+        return self.hf_model.model, "layers"
+
+    def attention_module(self, layer: int) -> nn.Module:
+        return self.blocks()[layer].self_attn
+
+    def attention_output_projection(self, layer: int) -> nn.Module:
+        return self.blocks()[layer].self_attn.o_proj
+
+    def mlp_module(self, layer: int) -> nn.Module:
+        return self.blocks()[layer].dropout
+
+    def mlp_input_projection(self, layer: int) -> nn.Module:
+        return self.blocks()[layer].mlp.gate_proj
+
+    def mlp_up_projection(self, layer: int) -> nn.Module:
+        return self.blocks()[layer].mlp.up_proj
+
+    def mlp_output_projection(self, layer: int) -> nn.Module:
+        return self.blocks()[layer].mlp.down_proj
+
+    def ln1(self, layer: int) -> nn.Module:
+        return self.blocks()[layer].input_layernorm
+
+    def ln2(self, layer: int) -> nn.Module:
+        return self.blocks()[layer].post_attention_layernorm
+
+    def final_module(self) -> nn.Module:
+        return self.hf_model.model.norm
+
+    def unembed_module(self) -> nn.Module:
+        return self.hf_model.lm_head
+
+
 @hookimpl
 def interpsuite_analyzers():
     return [TokenNormAnalyzer]
@@ -101,3 +174,8 @@ def interpsuite_analyzers():
 @hookimpl
 def interpsuite_config_dirs():
     return [str(CONF_DIR)]
+
+
+@hookimpl
+def interpsuite_adapters():
+    return [StableLmAdapter]

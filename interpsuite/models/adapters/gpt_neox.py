@@ -1,0 +1,96 @@
+"""GPT-NeoX / Pythia: LayerNorm, fused QKV, partial rotary, and (usually) parallel blocks.
+
+With `use_parallel_residual` (Pythia, GPT-NeoX-20B) attention and MLP both read the block
+input, each through its own LayerNorm, and both add to it:
+
+    resid_post = resid_pre + attn(ln1(resid_pre)) + mlp(ln2(resid_pre))
+
+so `ModelInfo.parallel_blocks` is True and `ln2.scale` is the normaliser of `resid_pre` (the
+MLP's input), not of `resid_mid`. No tensor in such a block is "after attention, before the
+MLP"; `resid_mid` is *defined* as `resid_pre + attn.out` (derived on the attn.out boundary,
+like every pre-norm block), so that `resid_post = resid_mid + mlp.out` still holds. It is not
+an input of the MLP: writing it changes what the attention sublayer adds, never what the MLP
+reads. Without `use_parallel_residual` the block is an ordinary sequential pre-norm block and
+`resid_mid` is the MLP's real input.
+
+`attn.out` and `mlp.out` are the outputs of `post_attention_dropout` / `post_mlp_dropout`:
+the values actually added to the residual (identical to the projections' outputs in eval
+mode, but not in training). `attn.q`/`attn.k` are after the partial rotary embedding (the
+first `rotary_pct * d_head` dimensions rotated, the rest passed through). `mlp.pre` is the
+output of `dense_h_to_4h` before the activation, `mlp.post` the input of `dense_4h_to_h`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import nn
+
+from ..info import ModelInfo
+from .base import Adapter
+
+
+class GPTNeoXAdapter(Adapter):
+    architecture = "gpt_neox"
+    model_types = ("gpt_neox",)
+    norm_kind = "layer"
+
+    @classmethod
+    def info_from_config(cls, name: str, config) -> ModelInfo:
+        n_heads = config.num_attention_heads
+        return ModelInfo(
+            name=name,
+            architecture=cls.architecture,
+            n_layers=config.num_hidden_layers,
+            n_heads=n_heads,
+            n_kv_heads=n_heads,
+            d_model=config.hidden_size,
+            d_head=config.hidden_size // n_heads,
+            d_mlp=config.intermediate_size,
+            vocab_size=config.vocab_size,
+            is_causal=True,
+            max_positions=config.max_position_embeddings,
+        )
+
+    @classmethod
+    def capabilities(cls, config) -> dict[str, Any]:
+        # the config decides: Pythia is parallel, some NeoX fine-tunes are not
+        return {**super().capabilities(config), "parallel_blocks": bool(getattr(config, "use_parallel_residual", True))}
+
+    @property
+    def _body(self) -> nn.Module:
+        return self.hf_model.gpt_neox
+
+    def layer_list(self) -> tuple[nn.Module, str]:
+        return self._body, "layers"
+
+    def attention_module(self, layer: int) -> nn.Module:
+        return self.blocks()[layer].attention
+
+    def attention_output_projection(self, layer: int) -> nn.Module:
+        return self.blocks()[layer].attention.dense
+
+    def attention_out_module(self, layer: int) -> nn.Module:
+        # the attention module returns (output, weights); the dropout after it is what is added
+        return self.blocks()[layer].post_attention_dropout
+
+    def mlp_module(self, layer: int) -> nn.Module:
+        return self.blocks()[layer].post_mlp_dropout
+
+    def mlp_input_projection(self, layer: int) -> nn.Module:
+        return self.blocks()[layer].mlp.dense_h_to_4h
+
+    def mlp_output_projection(self, layer: int) -> nn.Module:
+        return self.blocks()[layer].mlp.dense_4h_to_h
+
+    def ln1(self, layer: int) -> nn.Module:
+        return self.blocks()[layer].input_layernorm
+
+    def ln2(self, layer: int) -> nn.Module:
+        return self.blocks()[layer].post_attention_layernorm
+
+    def final_module(self) -> nn.Module:
+        return self._body.final_layer_norm
+
+    def unembed_module(self) -> nn.Module:
+        return self.hf_model.lm_head
