@@ -450,6 +450,18 @@ def _replace_first_output(output: Any, new: torch.Tensor) -> Any:
     return new
 
 
+def _run_members(state: PassState, members, raw: torch.Tensor, args: tuple, kwargs: dict):
+    """Process the hook points at one module boundary in order; (final raw value, changed)."""
+    changed = False
+    for name, site in members:
+        if name not in state.active or (site.layer is not None and site.layer < state.start_layer):
+            continue
+        new = state.process(name, site, SiteCall(raw, args, kwargs, state))
+        if new is not None:
+            raw, changed = new, True
+    return raw, changed
+
+
 def install_listeners(owner: object, sites: dict[str, HookSite]) -> list:
     """One forward (pre-)hook per module boundary that carries hook points; returns handles.
 
@@ -471,14 +483,8 @@ def install_listeners(owner: object, sites: dict[str, HookSite]) -> list:
                 state = current_pass(owner)
                 if state is None:
                     return None
-                changed = False
-                raw = args[0] if args else kwargs.get("hidden_states")
-                for name, site in members:
-                    if name not in state.active or (site.layer is not None and site.layer < state.start_layer):
-                        continue
-                    new = state.process(name, site, SiteCall(raw, args, kwargs, state))
-                    if new is not None:
-                        raw, changed = new, True
+                first = args[0] if args else kwargs.get("hidden_states")
+                raw, changed = _run_members(state, members, first, args, kwargs)
                 if not changed:
                     return None
                 if args:
@@ -493,14 +499,7 @@ def install_listeners(owner: object, sites: dict[str, HookSite]) -> list:
                 state = current_pass(owner)
                 if state is None:
                     return None
-                changed = False
-                raw = _first_output(output)
-                for name, site in members:
-                    if name not in state.active or (site.layer is not None and site.layer < state.start_layer):
-                        continue
-                    new = state.process(name, site, SiteCall(raw, args, kwargs, state))
-                    if new is not None:
-                        raw, changed = new, True
+                raw, changed = _run_members(state, members, _first_output(output), args, kwargs)
                 return _replace_first_output(output, raw) if changed else None
 
             out_hook.interpsuite = True

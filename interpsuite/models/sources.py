@@ -82,6 +82,16 @@ def byte_tokenizer():
 
 
 TINY_VOCAB = 258
+#: the shape every tiny grouped-query decoder shares: 2 layers, 4 query heads over 2 KV heads
+_TINY_DECODER = {
+    "vocab_size": TINY_VOCAB,
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "max_position_embeddings": 256,
+}
 
 
 #: attention implementation each tiny model loads with (Gemma-2 has no SDPA path: soft-capping)
@@ -110,26 +120,14 @@ def _tiny_config(kind: str):
 
     if kind == "tiny_mistral":
         return MistralConfig(
-            vocab_size=TINY_VOCAB,
-            hidden_size=64,
-            intermediate_size=128,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            max_position_embeddings=256,
+            **_TINY_DECODER,
             sliding_window=4,
             tie_word_embeddings=False,
             **_TINY_SPECIALS,
         )
     if kind == "tiny_qwen2":
         return Qwen2Config(
-            vocab_size=TINY_VOCAB,
-            hidden_size=64,
-            intermediate_size=128,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            max_position_embeddings=256,
+            **_TINY_DECODER,
             use_sliding_window=True,
             sliding_window=4,
             max_window_layers=1,  # layer 0 full attention, layer 1 sliding
@@ -170,13 +168,7 @@ def _tiny_config(kind: str):
         )
     if kind == "tiny_llama":
         return LlamaConfig(
-            vocab_size=TINY_VOCAB,
-            hidden_size=64,
-            intermediate_size=128,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            max_position_embeddings=256,
+            **_TINY_DECODER,
             tie_word_embeddings=False,
             pad_token_id=TINY_VOCAB - 1,
             bos_token_id=256,
