@@ -3,13 +3,16 @@
 Tiny models: exact properties (batched restorations equal a one-restoration-per-pass loop,
 the restoration controls reproduce the clean and corrupted probabilities, the noise lands on
 the subject only, with the right scale) and bad-input messages. SmolLM2: the dataset's facts
-are known, and a short trace has a positive total effect.
+are known, and a short trace has a positive total effect. Regression: traces equal the numbers
+recorded (tests/data/record_causal_tracing.py) on the engine before causal tracing moved onto
+the shared sweep engine.
 """
 
 from __future__ import annotations
 
 import json
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -35,6 +38,9 @@ from interpsuite.data import Inputs
 from interpsuite.errors import AnalyzerError, ConfigError
 
 CAUSAL = ("tiny_llama", "tiny_gpt2")
+REFERENCE = Path(__file__).with_name("data") / "causal_tracing_reference.json"
+#: |probability difference| allowed against the recorded numbers (fp32 passes grouped differently)
+REFERENCE_TOLERANCE = 1e-5
 TEXTS = ["The quick brown fox jumps over the lazy dog.", "Paris is the capital of France.", "Hi"]
 
 
@@ -147,6 +153,30 @@ def test_batched_restorations_equal_one_pass_per_restoration(tiny_models, name, 
     assert model.hooks_left() == 0
 
 
+def assert_matches_reference(model, name: str) -> None:
+    """Re-trace the recorded prompts (same seed, settings and code path as the recorder)."""
+    from tests.data.record_causal_tracing import trace_model
+
+    recorded = json.loads(REFERENCE.read_text())[name]
+    traces = trace_model(model, recorded["prompts"], recorded["samples"], recorded["window"], recorded["seed"])
+    assert len(traces) == len(recorded["traces"])
+    for got, want in zip(traces, recorded["traces"], strict=True):
+        assert got["prompt"] == want["prompt"]
+        close = {"atol": REFERENCE_TOLERANCE, "rtol": 0, "err_msg": f"{name}: {want['prompt']!r}"}
+        np.testing.assert_allclose(got["p_clean"], want["p_clean"], **close)
+        np.testing.assert_allclose(got["p_corrupted"], want["p_corrupted"], **close)
+        for kind, grid in want["effects"].items():
+            np.testing.assert_allclose(got["effects"][kind], grid, **close)
+        for kind, values in want["controls"].items():
+            np.testing.assert_allclose(got["controls"][kind], values, **close)
+    assert model.hooks_left() == 0
+
+
+@pytest.mark.parametrize("name", CAUSAL)
+def test_trace_equals_the_recorded_reference(tiny_models, name):
+    assert_matches_reference(tiny_models[name], name)
+
+
 def test_sigma_choices_and_noise_scale(tiny_models):
     model = tiny_models["tiny_llama"]
     weight = model.hf_model.get_input_embeddings().weight.detach().double()
@@ -229,6 +259,11 @@ def test_smollm2_knows_the_facts_and_pairs_exist(smollm2):
     assert len(pairs) >= 100 and len({p.meta["relation"] for p in pairs}) >= 6
     ids, start, end = subject_span(smollm2.tokenizer, facts[0].prompt, facts[0].subject)
     assert smollm2.tokenizer.decode(ids[start:end]).strip() == facts[0].subject
+
+
+@pytest.mark.slow
+def test_smollm2_trace_equals_the_recorded_reference(smollm2):
+    assert_matches_reference(smollm2, "smollm2")
 
 
 @pytest.mark.slow

@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import threading
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -84,9 +84,6 @@ class ForwardResult:
 
     output: torch.Tensor
     cache: ActivationCache
-
-
-SweepMetric = Callable[[torch.Tensor, TokenBatch], torch.Tensor]
 
 
 @dataclass
@@ -342,7 +339,7 @@ class HookedModel:
     ) -> ForwardResult:
         """One forward pass with captures and interventions.
 
-        With `start_layer`/`start_resid` (= the clean `blocks.{L}.resid_pre`), the blocks
+        With `start_layer`/`start_resid` (= a reference run's `blocks.{L}.resid_pre`), the blocks
         below L are skipped: interventions at L or later cannot change them. With `prefix`
         (causal LMs), positions before `prefix.length` are not recomputed either: their keys
         and values come from the clean run, `start_resid` holds only the later positions, and

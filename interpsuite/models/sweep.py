@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -22,10 +23,12 @@ from .info import ModelInfo
 
 #: metric(output of a pass, the repeated batch) -> [rows] or [rows, m]
 SweepMetric = Callable[[torch.Tensor, TokenBatch], torch.Tensor]
-#: planning constant: the fixed cost of running one layer in a pass, in parameter-tokens (measured
-#: on CPU for SmolLM2: ~1.7 ms per layer and pass against ~75 us per token through a 3.5M-parameter
-#: layer, i.e. ~24 tokens' worth; small models pay the same fixed cost for far less compute)
-PASS_OVERHEAD_PARAMS = 85_000_000
+#: planning constants in parameter-tokens (one token through one parameter), measured on CPU for
+#: SmolLM2 (3.5M parameters a layer; ~37 us per token and layer): a pass costs ~1.2 ms per layer it
+#: runs (~33 tokens' worth) and ~9 ms on top (~240 token-layers), whatever its rows. Small models
+#: pay the same fixed costs for far less compute, so for them fewer, fuller passes win.
+LAYER_OVERHEAD_PARAMS = 117_000_000
+PASS_OVERHEAD_PARAMS = 850_000_000
 #: block sizes tried by the planner: every size up to this, then a geometric series (x1.25)
 _DENSE_BLOCK_SIZES = 16
 
@@ -75,7 +78,7 @@ def sweep(
         ]
     else:
         starts = [(0, 0)] * n_items
-    passes = plan_passes(starts, items_per_pass, rows_per_item, n_layers, width, layer_pass_overhead(model.info))
+    passes = plan_passes(starts, items_per_pass, rows_per_item, n_layers, width, PassCost.of(model.info))
     pass_starts = [(min(starts[i][0] for i in p), min(starts[i][1] for i in p)) for p in passes]
     resid, prefix = _reference(model, batch, base, pass_starts)
     results: torch.Tensor | None = None
@@ -158,14 +161,22 @@ def _latest_start_position(
     return max(0, min(kept, int(batch.last_index.min())))
 
 
+def start_point(layer: int) -> str:
+    """The hook point whose reference value a pass starting at `layer` is fed: the first one
+    an item starting there can touch (`embed` comes before `blocks.0.resid_pre`)."""
+    return "embed" if layer == 0 else f"blocks.{layer}.resid_pre"
+
+
 def computed_before(hook: str, layer: int) -> bool:
-    """Whether a hook point's value is already part of `blocks.{layer}.resid_pre` as the
-    reference run captured it (captures see their own hook point's interventions), so a pass
-    fed that residual stream must not apply the intervention again."""
+    """Whether a base intervention is already part of the reference value a pass starting at
+    `layer` is fed (a capture sees its own hook point's interventions), so the pass must not
+    apply it again. Base interventions come before an item's at the same hook point."""
+    if hook == "embed":
+        return True
     hook_at, site = parse_hook_name(hook)
     if hook_at is None:
-        return site == "embed"
-    return hook_at < layer or (hook_at == layer and site == "resid_pre")
+        return False
+    return hook_at < layer or (hook_at == layer and layer > 0 and site == "resid_pre")
 
 
 # --- positions: flat or per row ------------------------------------------------------------
@@ -269,13 +280,27 @@ def _per_copy(model, per_copy: Sequence[Sequence[Intervention]], rows_per_item: 
             if key is None:
                 own = list(range(offset, offset + rows_per_item))
                 mean_over = own if iv.mean_over is None else [offset + r for r in _ints(iv.mean_over)]
-                singles.append((rank, iv.with_rows(moved, mean_over)))
+                value = _value_at_rows(model, iv, rows, rows_per_item)
+                singles.append((rank, dataclasses.replace(iv, rows=moved, mean_over=mean_over, value=value)))
             else:
                 groups.setdefault((rank, *key), (rank, iv, []))[2].extend(moved)
     total = len(per_copy) * rows_per_item
     merged = [(rank, iv.with_rows(None if rows == list(range(total)) else rows)) for rank, iv, rows in groups.values()]
     ordered = sorted([*merged, *singles], key=lambda pair: pair[0])
     return [iv for _, iv in ordered]
+
+
+def _value_at_rows(model, iv: Intervention, rows: list[int], rows_per_item: int) -> torch.Tensor | None:
+    """A value holding every row of the item's batch, taken at the intervention's `rows`:
+    in a pass over k copies the batch axis no longer matches, but one entry per selected
+    row still does."""
+    value = iv.value
+    site = model.adapter.sites.get(iv.hook)
+    if value is None or site is None or value.ndim < site.ndim:
+        return value
+    if value.shape[0] == rows_per_item != len(rows):
+        return value.index_select(0, torch.as_tensor(rows, device=value.device))
+    return value
 
 
 def _merge_key(model, iv: Intervention) -> tuple | None:
@@ -299,26 +324,35 @@ def _merge_key(model, iv: Intervention) -> tuple | None:
 def _reference(
     model, batch: TokenBatch, base: Sequence[Intervention], starts: Sequence[Start]
 ) -> tuple[dict[int, torch.Tensor], PrefixCache | None]:
-    """The reference run (inputs with `base`): resid_pre at every layer a pass starts from,
-    and the keys/values of the positions passes skip."""
+    """The reference run (inputs with `base`): the residual stream entering every layer a pass
+    starts at (`start_point`), and the keys/values of the positions passes skip."""
     layers = sorted({layer for layer, position in starts if layer > 0 or position > 0})
     if not layers:
         return {}, None
     longest = max(position for _, position in starts)
-    names = [f"blocks.{layer}.resid_pre" for layer in layers]
+    names = [start_point(layer) for layer in layers]
     out, prefix = model.reference_run(batch, names, interventions=base, keep_prefix=longest > 0)
-    resid = {layer: out.cache[f"blocks.{layer}.resid_pre"] for layer in layers}
+    resid = {layer: out.cache[start_point(layer)] for layer in layers}
     if prefix is not None:
         prefix = prefix.truncated(longest)
     return resid, prefix
 
 
 # --- grouping items into passes --------------------------------------------------------------
-def layer_pass_overhead(info: ModelInfo) -> float:
-    """The fixed per-layer cost of a pass, in token-layers of this model's compute (>= 1)."""
-    attention = 2 * info.d_model * info.n_heads * info.d_head + 2 * info.d_model * info.n_kv_heads * info.d_head
-    params = attention + 3 * info.d_model * info.d_mlp
-    return max(1.0, PASS_OVERHEAD_PARAMS / params)
+@dataclass(frozen=True)
+class PassCost:
+    """The planner's cost model of one pass, in token-layers of the model's compute: a pass
+    starting at layer L over positions p.. costs (n_layers - L) x (rows x (width - p) + per_layer)
+    + per_pass."""
+
+    per_layer: float
+    per_pass: float
+
+    @classmethod
+    def of(cls, info: ModelInfo) -> PassCost:
+        attention = 2 * info.d_model * info.n_heads * info.d_head + 2 * info.d_model * info.n_kv_heads * info.d_head
+        params = attention + 3 * info.d_model * info.d_mlp
+        return cls(max(1.0, LAYER_OVERHEAD_PARAMS / params), max(1.0, PASS_OVERHEAD_PARAMS / params))
 
 
 def plan_passes(
@@ -327,16 +361,18 @@ def plan_passes(
     rows_per_item: int,
     n_layers: int,
     width: int,
-    overhead: float,
+    cost: PassCost,
 ) -> list[list[int]]:
     """Group items into passes of up to `items_per_pass`, by estimated cost.
 
     A pass starting at (layer L, position p) costs about (n_layers - L) x (rows x (width - p)
-    + overhead) token-layers: every row is computed from the earliest item's start, and
-    running a layer at all has a fixed cost. Items are tiled into blocks of (distinct) layers
-    x positions, each tile sorted by (layer, position) and cut into passes; the tiling with
-    the smallest estimated cost wins. Tiles shaped like the spread of the starts keep the
-    waste of a pass on its later items small; larger tiles mean fewer, fuller passes.
+    + cost.per_layer) + cost.per_pass token-layers: every row is computed from the earliest
+    item's start, and running a layer, or a pass, at all has a fixed cost. Items are tiled
+    into blocks of (distinct) layers x positions, each tile sorted by (layer, position) and
+    cut into passes; the tiling with the smallest estimated cost wins. Tiles shaped like the
+    spread of the starts keep the waste of a pass on its later items small; larger tiles mean
+    fewer, fuller passes. (Measured against a fixed rule of thumb for the tile shape, this is
+    as fast on patching grids and faster on causal traces, whose starts spread unevenly.)
     """
     n_items = len(starts)
     if n_items == 0:
@@ -359,9 +395,11 @@ def plan_passes(
             first_layers = np.minimum.reduceat(layer[order], bounds)
             first_positions = np.minimum.reduceat(position[order], bounds)
             rows = sizes * rows_per_item
-            cost = float(np.sum((n_layers - first_layers) * (rows * (width - first_positions) + overhead)))
-            if best is None or cost < best[0]:
-                best = (cost, order, bounds)
+            layers = n_layers - first_layers
+            compute = float(np.sum(layers * (rows * (width - first_positions) + cost.per_layer)))
+            total = compute + cost.per_pass * len(sizes)
+            if best is None or total < best[0]:
+                best = (total, order, bounds)
     assert best is not None
     _, order, bounds = best
     return [chunk.tolist() for chunk in np.split(order, bounds[1:])]

@@ -32,24 +32,24 @@ reach them in a causal model, so restoring them changes nothing (IE = 0, reporte
 per-prompt grid) and they belong to no bucket.
 
 Cost: for every prompt and noise draw, one restored run per (kind, layer, position from the
-subject on). They run as batched passes (`sweep_batch_size` rows, one restoration per row, the
-same corrupted input in every row). A pass starts at the earliest (layer L, position t) its rows
-touch, from the corrupted run: it is fed the corrupted `blocks.L.resid_pre` at positions t.. and
-attends to the corrupted keys and values of the earlier positions (`HookedModel.forward` with
-`start_layer`, `start_resid` and `prefix`); nothing before that point can differ from the
-corrupted run. Rows are tiled into passes by an estimated cost (`plan_passes`); over the shipped
-prompts on SmolLM2 this is ~2.6x less work than full passes (~6.8 s of one CPU thread per prompt
-and noise draw).
+subject on). They run as one batched `sweep` (`interpsuite.models.sweep`, the engine every
+patching analyzer uses): the noise is its `base` intervention (applied to every row), each
+restoration an item (`sweep_batch_size` rows per pass, one restoration per row). A pass starts
+at the earliest (layer L, position t) its rows touch, from the corrupted run: it is fed the
+corrupted `blocks.L.resid_pre` at positions t.. and attends to the corrupted keys and values of
+the earlier positions; nothing before that point can differ from the corrupted run. On SmolLM2
+(2 CPU threads) a prompt and noise draw takes ~3.5 s.
 
 Checks (exact properties of the implementation, not of the model): restoring the whole clean
 residual stream after the last layer reproduces p(clean); a row of the batched passes with no
 restoration reproduces p(corrupted); the applied noise has standard deviation noise_scale *
-sigma (within sampling error) on the subject tokens and is exactly zero elsewhere.
+sigma (within sampling error) on the subject tokens and is exactly zero elsewhere. The
+unrestored row is the sweep's base-only run (started from the corrupted run at the last layer),
+the corrupted probability a separate full pass: the check shows the noise is applied once.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 from collections.abc import Callable, Iterable, Sequence
@@ -64,7 +64,6 @@ from interpsuite.analyzer import Analyzer, RunContext
 from interpsuite.errors import AnalyzerError, ConfigError
 from interpsuite.hooks import Intervention
 from interpsuite.models import ModelInfo, TokenBatch
-from interpsuite.models.hooked import PrefixCache
 from interpsuite.results import Result
 
 from .pairs import FACTUAL_FILE
@@ -93,10 +92,6 @@ TARGETS = ("answer", "top")
 SIGMAS = ("subjects", "vocab")
 #: |p(restored) - p(reference)| allowed by the exactness checks (fp32, batched vs single-row passes)
 EXACT_TOLERANCE = 1e-5
-#: planning constant: the fixed cost of running one layer in a pass, in parameter-tokens (measured
-#: on CPU for SmolLM2: ~1.7 ms per layer and pass against ~75 us per token through a 3.5M-parameter
-#: layer, i.e. ~24 tokens' worth; small models pay the same fixed cost for far less compute)
-PASS_OVERHEAD_PARAMS = 85_000_000
 
 
 @dataclass
@@ -322,141 +317,16 @@ def restoration_interventions(
     return [Intervention(n, "replace", value=clean[n], positions=[r.position]) for n in names]
 
 
-def restoration_start(r: Restoration, window: int, n_layers: int) -> tuple[int, int]:
-    """(first layer, first position) a restoration can change: a pass may start there from the
-    corrupted run. The control without restoration starts at (0, 0), so that it runs in a full
-    pass with the noise applied by the `embed` intervention."""
-    if r.kind == "none":
-        return 0, 0
-    if r.kind == "full":
-        return n_layers - 1, 0
-    if r.kind == "resid":
-        return r.layer, r.position
-    return window_layers(r.layer, window, n_layers)[0], r.position
+def probability_metric(target_id: int) -> Callable[[torch.Tensor, TokenBatch | None], torch.Tensor]:
+    """p(target) at the last kept position of logits [rows, kept, V] (float64 softmax), per row.
 
+    A `sweep` metric; the batch argument is not needed (every row is the same one-prompt
+    input), so the metric can also be called on the logits of a single pass."""
 
-def pass_overhead(info: ModelInfo) -> float:
-    """The fixed per-layer cost of a pass in token-layers of this model's compute (>= 1)."""
-    attention = 2 * info.d_model * info.n_heads * info.d_head + 2 * info.d_model * info.n_kv_heads * info.d_head
-    params = attention + 3 * info.d_model * info.d_mlp
-    return max(1.0, PASS_OVERHEAD_PARAMS / params)
-
-
-def plan_passes(
-    starts: Sequence[tuple[int, int]], batch_size: int, n_layers: int, length: int, overhead: float = 24.0
-) -> list[list[int]]:
-    """Group restorations into passes of up to `batch_size` rows.
-
-    A pass starting at (layer L, position p) costs about (n_layers - L) x (rows x (length - p) +
-    overhead) token-layers: the compute of every row from its earliest row's start, plus
-    the fixed cost of running a layer at all. Items are tiled into blocks of layers x positions
-    and each tile is cut into passes; the tiling with the smallest estimated cost is used
-    (computed once per prompt)."""
-    best: tuple[float, list[list[int]]] | None = None
-    for layer_block in range(1, n_layers + 1):
-        for position_block in range(1, length + 1):
-            tiles: dict[tuple[int, int], list[int]] = {}
-            for i in sorted(range(len(starts)), key=lambda i: starts[i]):
-                layer, position = starts[i]
-                tiles.setdefault((layer // layer_block, position // position_block), []).append(i)
-            chunks = [m[j : j + batch_size] for m in tiles.values() for j in range(0, len(m), batch_size)]
-            cost = 0.0
-            for chunk in chunks:
-                layer = min(starts[i][0] for i in chunk)
-                position = min(starts[i][1] for i in chunk)
-                cost += (n_layers - layer) * (len(chunk) * (length - position) + overhead)
-            if best is None or cost < best[0]:
-                best = (cost, chunks)
-    return best[1] if best is not None else []
-
-
-def merge_rows(per_row: Sequence[Sequence[Intervention]], shift: int = 0) -> list[Intervention]:
-    """Row r's interventions restricted to row r and merged where hook, value and positions
-    agree (one intervention per hook point and position, covering every row that restores it).
-    With `shift`, the pass computes positions shift.. only: positions and values are moved."""
-    merged: dict[tuple, tuple[Intervention, list[int]]] = {}
-    for row, interventions in enumerate(per_row):
-        for iv in interventions:
-            positions = None if iv.positions is None else tuple(iv.positions)
-            key = (iv.hook, iv.op, id(iv.value), positions)
-            merged.setdefault(key, (iv, []))[1].append(row)
-    out = []
-    for iv, rows in merged.values():
-        if shift:
-            positions = None if iv.positions is None else [p - shift for p in iv.positions]
-            iv = dataclasses.replace(iv, value=iv.value[shift:], positions=positions)
-        out.append(iv.with_rows(rows))
-    return out
-
-
-def probability_metric(target_id: int) -> Callable[[torch.Tensor], torch.Tensor]:
-    """p(target) at the last position of logits [rows, kept, V] (float64 softmax)."""
-
-    def metric(logits: torch.Tensor) -> torch.Tensor:
+    def metric(logits: torch.Tensor, batch: TokenBatch | None = None) -> torch.Tensor:
         return torch.softmax(logits[:, -1].double(), dim=-1)[:, target_id]
 
     return metric
-
-
-@dataclass
-class CorruptedRun:
-    """The subject-noised run: p(target), the residual stream entering every layer ([1, T, d];
-    layer 0 is the noised embedding) and its keys/values, from which restored passes start."""
-
-    p: float
-    resid_pre: dict[int, torch.Tensor]
-    prefix: PrefixCache | None
-
-
-def corrupted_run(model, batch: TokenBatch, noise: Intervention, metric) -> CorruptedRun:
-    """One pass with the noise: every layer's input and (causal LMs) the keys and values."""
-    n_layers = model.info.n_layers
-    names = ["embed", *(f"blocks.{layer}.resid_pre" for layer in range(1, n_layers))]
-    out, prefix = model.reference_run(batch, names, [noise])
-    cache = out.cache
-    resid = {0: cache["embed"], **{layer: cache[f"blocks.{layer}.resid_pre"] for layer in range(1, n_layers)}}
-    return CorruptedRun(float(metric(out.output)[0]), resid, prefix)
-
-
-def restored_probabilities(
-    model,
-    batch: TokenBatch,
-    items: Sequence[list[Intervention]],
-    starts: Sequence[tuple[int, int]],
-    noise: Intervention,
-    corrupted: CorruptedRun,
-    metric: Callable[[torch.Tensor], torch.Tensor],
-    batch_size: int,
-) -> torch.Tensor:
-    """p(target) of every restored run, in batched passes of up to `batch_size` rows.
-
-    items[i] are restoration i's interventions and starts[i] the (layer, position) from which
-    it can change anything. Every row carries the corrupted input. A pass whose rows all start
-    at (L, p) is fed the corrupted run's `blocks.L.resid_pre` at positions p.. and attends to the
-    corrupted keys/values of positions before p: nothing there can differ from the corrupted run.
-    """
-    length = batch.input_ids.shape[1]
-    out = torch.empty(len(items), dtype=torch.float64, device=model.device)
-    for chunk in plan_passes(starts, batch_size, model.info.n_layers, length, pass_overhead(model.info)):
-        k = len(chunk)
-        repeated = batch.repeat(k)
-        layer = min(starts[i][0] for i in chunk)
-        position = min(starts[i][1] for i in chunk)
-        if layer == 0 and position == 0:
-            restore = merge_rows([items[i] for i in chunk])
-            logits = model.forward(repeated, interventions=[noise, *restore], logits_to_keep=1).output
-        else:
-            restore = merge_rows([items[i] for i in chunk], shift=position)
-            logits = model.forward(
-                repeated,
-                interventions=restore,
-                logits_to_keep=1,
-                start_layer=layer,
-                start_resid=corrupted.resid_pre[layer][:, position:].repeat(k, 1, 1),
-                prefix=corrupted.prefix.truncated(position) if position > 0 and corrupted.prefix else None,
-            ).output
-        out[torch.as_tensor(chunk, device=model.device)] = metric(logits)
-    return out
 
 
 def noise_intervention(noise: torch.Tensor, start: int, end: int, length: int) -> Intervention:
@@ -479,7 +349,11 @@ def trace_prompt(
     window: int,
     batch_size: int,
 ) -> PromptTrace:
-    """The clean run, then per noise draw the corrupted run and every restoration (batched)."""
+    """The clean run, then per noise draw the corrupted run and every restoration.
+
+    The restorations are one `sweep` with the noise as its base intervention: each restored
+    run is the corrupted run (noise at `embed`) with clean states written back, and starts
+    from the corrupted run where its restoration first touches the model."""
     n_layers = model.info.n_layers
     batch = prepared.batch
     metric = probability_metric(prepared.target_id)
@@ -490,14 +364,13 @@ def trace_prompt(
         clean_top = int(result.output[0, -1].argmax())
         plan = restoration_plan(kinds, n_layers, prepared.start, prepared.length)
         items = [restoration_interventions(r, clean, window, n_layers) for r in plan]
-        starts = [restoration_start(r, window, n_layers) for r in plan]
         samples = []
         for noise in noises:
             iv = noise_intervention(noise.to(model.device), prepared.start, prepared.end, prepared.length)
-            corrupted = corrupted_run(model, batch, iv, metric)
-            restored = restored_probabilities(model, batch, items, starts, iv, corrupted, metric, batch_size)
-            applied = corrupted.resid_pre[0][0] - clean["embed"]
-            samples.append(SampleTrace(corrupted.p, restored.cpu(), applied.cpu()))
+            corrupted = model.forward(batch, capture=["embed"], interventions=[iv], logits_to_keep=1)
+            restored = model.sweep(batch, items, metric, base=[iv], batch_size=batch_size, logits_to_keep=1)
+            applied = corrupted.cache["embed"][0] - clean["embed"]
+            samples.append(SampleTrace(float(metric(corrupted.output)[0]), restored[:, 0].cpu(), applied.cpu()))
     return PromptTrace(prepared, p_clean, clean_top, samples, plan, n_layers)
 
 

@@ -27,7 +27,11 @@ SETTINGS = {"tiny_llama": (3, 2, 4), "tiny_gpt2": (3, 2, 4), "smollm2": (2, 1, 1
 
 
 def trace(model_name: str, n_prompts: int, samples: int, window: int, seed: int = 0) -> list[dict]:
-    model = load_model(model_name)
+    return trace_model(load_model(model_name), n_prompts, samples, window, seed)
+
+
+def trace_model(model, n_prompts: int, samples: int, window: int, seed: int = 0) -> list[dict]:
+    """Per prompt: p_clean, p_corrupted per noise draw, the IE grids and the control rows."""
     analyzer = CausalTracing(build_config(CausalTracing, {"window": window, "samples": samples}))
     facts = load_facts("factual")
     prepared = analyzer.prepare(model, select_facts(facts, n_prompts))
