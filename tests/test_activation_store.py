@@ -283,3 +283,20 @@ def test_the_analyzer_writes_checks_and_resumes(tiny_models, tmp_path):
     default = run({}, tmp_path / "run4").results["activation_store"]
     assert default.summary["path"] == str((tmp_path / "run4" / "data" / "activation_store").resolve())
     assert ActivationStore(default.summary["path"]).hooks == ["blocks.1.resid_post"]
+
+
+@pytest.mark.parametrize("crafted", ["../victim.txt", "ABSOLUTE", "sub/shard_00000.safetensors", "manifest.json"])
+def test_a_crafted_manifest_cannot_reach_files_outside_the_store(tiny_models, tmp_path, crafted):
+    """resume=false deletes the files the manifest names: only the store's own shard names pass."""
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep me")
+    store_dir = tmp_path / "store"
+    write_store(store_dir, tiny_models["tiny_llama"], TEXTS[:2], ["blocks.1.resid_post"], **OPTIONS)
+    manifest = json.loads((store_dir / MANIFEST).read_text())
+    manifest["shards"][0]["file"] = str(victim) if crafted == "ABSOLUTE" else crafted
+    (store_dir / MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(ConfigError, match="is not a shard file name of this store"):
+        write_store(store_dir, tiny_models["tiny_llama"], TEXTS[:2], ["blocks.1.resid_post"], resume=False, **OPTIONS)
+    with pytest.raises(ConfigError, match="is not a shard file name of this store"):
+        ActivationStore(store_dir)
+    assert victim.read_text() == "keep me"

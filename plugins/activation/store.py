@@ -79,6 +79,7 @@ BLOCK_SITES = (
 MODEL_SITES = ("embed", "final")
 #: config entries that must match to resume a store
 COMPAT_KEYS = ("hooks", "dtype", "shard_tokens", "max_length")
+_SHARD_FILE = re.compile(r"shard_\d{5,}\.safetensors")
 _OURS = re.compile(r"^(manifest\.json|shard_\d{5,}\.safetensors)(\.tmp)?$")
 _SHARD = re.compile(r"^shard_\d{5,}\.safetensors(\.tmp)?$")
 _KEY_STRIDE = 1 << 24  # (text id, position) -> one sortable int64
@@ -169,6 +170,15 @@ def read_manifest(path: str | Path) -> dict:
             f"{file}: format {manifest.get('format')!r} version {manifest.get('version')!r}; "
             f"this interpsuite reads {FORMAT!r} version {FORMAT_VERSION}"
         )
+    # the store deletes and reads the files its manifest names: only its own shard file names,
+    # inside the store, are allowed (a crafted manifest must not reach ../ or absolute paths)
+    for shard in manifest.get("shards", []):
+        name = shard.get("file") if isinstance(shard, dict) else None
+        if not isinstance(name, str) or not _SHARD_FILE.fullmatch(name):
+            raise ConfigError(
+                f"{file}: shard entry {name!r} is not a shard file name of this store (shard_NNNNN.safetensors); "
+                "the manifest was edited or is not interpsuite's: remove the store directory to start over"
+            )
     return manifest
 
 
