@@ -145,6 +145,21 @@ def _normalise_index(index: Index, what: str) -> tuple | None:
         raise HookError(f"intervention `{what}` must be ints (or per-row lists of ints), got {index!r}") from err
 
 
+def per_row_positions(positions: Index) -> bool:
+    """Whether `positions` is given per row (one list per selected row) rather than one flat
+    list shared by every row."""
+    normal = _normalise_index(positions, "positions")
+    return bool(normal) and isinstance(normal[0], tuple)
+
+
+def position_lists(positions: Index) -> list[list[int]]:
+    """One position list per row in the per-row form, a single list in the flat form."""
+    normal = _normalise_index(positions, "positions") or ()
+    if normal and isinstance(normal[0], tuple):
+        return [list(row) for row in normal]
+    return [list(normal)]
+
+
 @dataclass
 class Intervention:
     """One change to the activation at a hook point.
@@ -196,14 +211,6 @@ class Intervention:
     @property
     def per_row_positions(self) -> bool:
         return bool(self.positions) and isinstance(self.positions[0], tuple)
-
-    def position_set(self) -> list[int] | None:
-        """Every position the intervention touches in any row (None: all positions)."""
-        if self.positions is None:
-            return None
-        if self.per_row_positions:
-            return sorted({p for row in self.positions for p in row})
-        return list(self.positions)
 
     def with_rows(self, rows: Index, mean_over: Index = None) -> Intervention:
         """The same intervention applied to other batch rows."""

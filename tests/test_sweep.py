@@ -13,14 +13,12 @@ import math
 import pytest
 import torch
 
-from interpsuite.hooks import Intervention
+from interpsuite.hooks import Intervention, per_row_positions, position_lists
 from interpsuite.models.sweep import (
     PassCost,
     computed_before,
     first_position,
-    per_row_positions,
     plan_passes,
-    position_lists,
     shift_positions,
 )
 

@@ -21,6 +21,7 @@ that implementation expects (sdpa: boolean or None; eager: additive floats).
 
 from __future__ import annotations
 
+import functools
 import sys
 from collections.abc import Callable
 
@@ -35,9 +36,11 @@ PREFIX = "interpsuite_"
 SUPPORTED = ("sdpa", "eager")
 
 
-def _eager_of(module: torch.nn.Module) -> Callable:
-    """The model's own eager attention function (it knows the model's quirks)."""
-    function = getattr(sys.modules.get(type(module).__module__), "eager_attention_forward", None)
+@functools.cache
+def _eager_of_class(module_class: type) -> Callable:
+    """The model's own eager attention function (it knows the model's quirks); looked up once
+    per attention class, since every forward of a wrapped model passes through here."""
+    function = getattr(sys.modules.get(module_class.__module__), "eager_attention_forward", None)
     if function is None:
         from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
@@ -47,7 +50,7 @@ def _eager_of(module: torch.nn.Module) -> Callable:
 
 def _original(name: str, module: torch.nn.Module) -> Callable:
     if name == "eager":
-        return _eager_of(module)
+        return _eager_of_class(type(module))
     from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
     return ALL_ATTENTION_FUNCTIONS[name]

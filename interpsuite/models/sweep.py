@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..hooks import Intervention, hook_layer, parse_hook_name
+from ..hooks import Intervention, hook_layer, parse_hook_name, position_lists
 from .hooked import PrefixCache, TokenBatch
 from .info import ModelInfo
 
@@ -180,37 +180,6 @@ def computed_before(hook: str, layer: int) -> bool:
 
 
 # --- positions: flat or per row ------------------------------------------------------------
-def per_row_positions(positions) -> bool:
-    """Whether `positions` is given per row (one list per selected row) rather than one flat
-    list shared by every row."""
-    if positions is None or isinstance(positions, int):
-        return False
-    if isinstance(positions, torch.Tensor):
-        return positions.ndim > 1
-    first = next(iter(positions), None)
-    return isinstance(first, (list, tuple, range)) or (isinstance(first, torch.Tensor) and first.ndim > 0)
-
-
-def position_lists(positions) -> list[list[int]]:
-    """The position lists of an intervention's `positions`: one per row in the per-row form,
-    a single list in the flat form."""
-    if isinstance(positions, torch.Tensor):
-        positions = positions.tolist()
-    if isinstance(positions, int):
-        return [[positions]]
-    if per_row_positions(positions):
-        return [_ints(row) for row in positions]
-    return [_ints(positions)]
-
-
-def _ints(index) -> list[int]:
-    if isinstance(index, torch.Tensor):
-        return [int(i) for i in index.flatten().tolist()]
-    if isinstance(index, int):
-        return [index]
-    return [int(i) for i in index]
-
-
 def _non_negative(positions: list[int], width: int) -> list[int]:
     return [p + width if p < 0 else p for p in positions]
 
@@ -228,7 +197,7 @@ def shift_positions(model, iv: Intervention, start: int, width: int) -> Interven
     positions = iv.positions
     if positions is not None:
         lists = [[p - start for p in _non_negative(row, width) if p >= start] for row in position_lists(positions)]
-        if per_row_positions(positions):
+        if iv.per_row_positions:
             if not any(lists):
                 return None
             positions = lists
@@ -274,12 +243,12 @@ def _per_copy(model, per_copy: Sequence[Sequence[Intervention]], rows_per_item: 
         ranks: dict[str, int] = {}
         for iv in interventions:
             rank = ranks[iv.hook] = ranks.get(iv.hook, -1) + 1
-            rows = list(range(rows_per_item)) if iv.rows is None else _ints(iv.rows)
+            rows = list(range(rows_per_item)) if iv.rows is None else list(iv.rows)
             moved = [offset + r for r in rows]
             key = _merge_key(model, iv)
             if key is None:
                 own = list(range(offset, offset + rows_per_item))
-                mean_over = own if iv.mean_over is None else [offset + r for r in _ints(iv.mean_over)]
+                mean_over = own if iv.mean_over is None else [offset + r for r in iv.mean_over]
                 value = _value_at_rows(model, iv, rows, rows_per_item)
                 singles.append((rank, dataclasses.replace(iv, rows=moved, mean_over=mean_over, value=value)))
             else:
@@ -308,16 +277,14 @@ def _merge_key(model, iv: Intervention) -> tuple | None:
     depends on its copy's rows: a batch mean, per-row positions or a value with a batch axis)."""
     if iv.op == "mean" and iv.value is None:
         return None
-    if iv.positions is not None and per_row_positions(iv.positions):
+    if iv.per_row_positions:
         return None
     value = iv.value
     site = model.adapter.sites.get(iv.hook)
     if value is not None and (site is None or value.ndim >= site.ndim) and value.shape[0] != 1:
         return None  # one entry per row of the batch (or of `rows`)
     positions = None if iv.positions is None else tuple(position_lists(iv.positions)[0])
-    heads = None if iv.heads is None else tuple(_ints(iv.heads))
-    units = None if iv.units is None else tuple(_ints(iv.units))
-    return (iv.hook, iv.op, id(value), iv.factor, positions, heads, units)
+    return (iv.hook, iv.op, id(value), iv.factor, positions, iv.heads, iv.units)
 
 
 # --- the reference run -----------------------------------------------------------------------
