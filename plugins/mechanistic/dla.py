@@ -48,6 +48,7 @@ from interpsuite.models import HookedModel, ModelInfo, TokenBatch
 from interpsuite.results import Result
 
 from .dla_plots import plot_head_contributions, plot_layer_contributions, plot_position_contributions
+from .lens import decode_ids
 from .pairs import IOI_NAMES, check_pair_source, load_pairs
 
 #: relative tolerance of the two exactness checks (fp32 activations summed in float64)
@@ -513,9 +514,9 @@ class DirectLogitAttributionAnalyzer(Analyzer):
              for k, v in {**terms, "total": data["total"].mean(), "logit_diff": mean_diff}.items()]
         )  # fmt: skip
 
-        positions.insert(4, "target", decode(model, positions["target_id"]))
+        positions.insert(4, "target", decode_ids(model, positions["target_id"]))
         if "contrast_id" in positions:
-            positions.insert(6, "contrast", decode(model, positions["contrast_id"]))
+            positions.insert(6, "contrast", decode_ids(model, positions["contrast_id"]))
         result.tables["positions"] = positions
         result.tables["position_layers"] = pd.DataFrame(first_text_layers)
 
@@ -577,13 +578,6 @@ class DirectLogitAttributionAnalyzer(Analyzer):
             "notes": notes,
         }
         return result
-
-
-def decode(model: HookedModel, ids) -> list[str]:
-    """Readable strings of token ids, one decode per distinct id."""
-    unique = sorted({int(i) for i in ids})
-    lookup = dict(zip(unique, model.tokenizer.batch_decode([[i] for i in unique]), strict=True))
-    return [lookup[int(i)] for i in ids]
 
 
 ANALYZERS = [DirectLogitAttributionAnalyzer]
