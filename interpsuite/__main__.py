@@ -1,35 +1,151 @@
-"""`python -m interpsuite +experiment=NAME key=value ...` (Hydra app; `-m` for multirun)."""
+"""`python -m interpsuite +experiment=NAME key=value ...` (Hydra app; `-m` for multirun).
+
+Exit codes (README, docs/reference.md): 0 every analyzer ok or skipped; 1 one or more
+failed (all results kept); 2 a configuration or input error, reported as one line before
+any weights load; 130 interrupted (finished analyzers kept, the running one marked
+`interrupted`). A multirun prints one line per job and exits with the worst code.
+
+Hydra creates the run directory and reports its own composition errors with a hint about
+HYDRA_FULL_ERROR and exit code 1. So a single run is composed and checked here first
+(settings, inputs, analyzer options, a writable run directory), which turns every such
+mistake into our one line and exit code 2 before Hydra touches the disk.
+"""
 
 from __future__ import annotations
 
 import sys
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
-from .config import CONFIG_NAME, PRIMARY_CONFIG, searchpath_override
-from .errors import InterpsuiteError
-from .pipeline import InterpretabilityPipeline
+from .config import CONFIG_NAME, PRIMARY_CONFIG, compose, searchpath_override
+from .errors import ConfigError, InterpsuiteError
+from .pipeline import EXIT_CONFIG, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, InterpretabilityPipeline
 from .report import format_report
+from .settings import check_writable_dir
+
+
+@dataclass
+class JobOutcome:
+    number: int
+    overrides: str
+    exit_code: int
+
+
+_JOBS: list[JobOutcome] = []
+
+
+def _error(message: str) -> None:
+    print(f"interpsuite: error: {message}", file=sys.stderr)
+
+
+def run_job(cfg: DictConfig) -> int:
+    """One Hydra job: build, run, report; every failure becomes an exit code, never a traceback."""
+    hydra_cfg = HydraConfig.get()
+    output_dir = Path(hydra_cfg.runtime.output_dir)
+    try:
+        pipeline = InterpretabilityPipeline.from_config(
+            cfg, output_dir=output_dir, user_overrides=list(hydra_cfg.overrides.task)
+        )
+        report = pipeline.run()
+    except InterpsuiteError as err:
+        _error(str(err))
+        return EXIT_CONFIG
+    except Exception as err:  # a bug of ours or a plugin's: one line, the traceback in a file
+        log = output_dir / "logs" / "interpsuite.traceback.txt"
+        try:
+            log.parent.mkdir(parents=True, exist_ok=True)
+            log.write_text(traceback.format_exc())
+            where = f"traceback in {log}"
+        except OSError:
+            where = "traceback not saved"
+        _error(f"unexpected {type(err).__name__}: {err} ({where}); please report it")
+        return EXIT_FAILED
+    print(format_report(report))
+    return report.exit_code
 
 
 @hydra.main(version_base="1.3", config_path=PRIMARY_CONFIG, config_name=CONFIG_NAME)
 def hydra_app(cfg: DictConfig) -> None:
+    job = HydraConfig.get().job
+    number = int(job.get("num", 0) or 0)
+    overrides = str(job.get("override_dirname", "") or "")
     try:
-        pipeline = InterpretabilityPipeline.from_config(cfg, output_dir=HydraConfig.get().runtime.output_dir)
-        report = pipeline.run()
+        code = run_job(cfg)
+    except KeyboardInterrupt:
+        _JOBS.append(JobOutcome(number, overrides, EXIT_INTERRUPTED))
+        raise
+    _JOBS.append(JobOutcome(number, overrides, code))
+
+
+def preflight(overrides: list[str]) -> None:
+    """Compose and check a single run's config without loading weights or creating folders."""
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        cfg = compose(overrides, return_hydra_config=True)
+        run_dir = OmegaConf.select(cfg, "hydra.run.dir")
+    except (HydraException, OmegaConfBaseException) as err:
+        raise _hydra_error(err) from None
+    pipeline = InterpretabilityPipeline.from_config(cfg, output_dir=run_dir, user_overrides=overrides)
+    pipeline.validate()
+    check_writable_dir(run_dir, "run directory (hydra.run.dir)", create=False)
+
+
+def _hydra_error(err: Exception) -> ConfigError:
+    """Hydra's composition error (unknown key, missing group option, bad syntax) as one line."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    if "Config search path:" in lines:  # the search path listing is Hydra's debugging aid, not the message
+        lines = lines[: lines.index("Config search path:")]
+    head = [line for line in lines if not line.startswith(("full_key", "object_type", "reference_type"))]
+    message = " ".join(head[:2]) if head else type(err).__name__
+    if len(head) > 2 and message.endswith(":"):  # "Available options in 'experiment':" + one per line
+        message += " " + ", ".join(head[2:])
+    return ConfigError(f"{message} (see `interpsuite experiments`, `interpsuite plugins`, docs/reference.md)")
+
+
+def worst(codes: list[int]) -> int:
+    """The exit code of a multirun: interrupted, then config error, then failure, then ok."""
+    for code in (EXIT_INTERRUPTED, EXIT_CONFIG, EXIT_FAILED):
+        if code in codes:
+            return code
+    return EXIT_OK
+
+
+def run_cli(argv: list[str]) -> int:
+    _JOBS.clear()
+    try:
+        extra = searchpath_override(user=argv)
+        overrides = [*argv, *([extra] if extra else [])]
+        if not any(arg.startswith("-") for arg in argv):  # a single run (flags: multirun, --help, --cfg ...)
+            preflight(overrides)
     except InterpsuiteError as err:
-        print(f"interpsuite: error: {err}", file=sys.stderr)
-        sys.exit(2)
-    print(format_report(report))
+        _error(str(err))
+        return EXIT_CONFIG
+    sys.argv = [sys.argv[0], *overrides]
+    try:
+        hydra_app()
+    except KeyboardInterrupt:
+        print("interpsuite: interrupted; finished analyzers are kept in results.json", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except SystemExit as stop:
+        if stop.code not in (0, None) and not _JOBS:
+            return EXIT_CONFIG  # Hydra refused the config (multirun) and printed why
+        if stop.code not in (0, None):
+            return worst([j.exit_code for j in _JOBS] + [EXIT_FAILED])
+    if len(_JOBS) > 1:
+        for job in _JOBS:
+            print(f"job {job.number} ({job.overrides or 'no overrides'}): exit code {job.exit_code}")
+    return worst([job.exit_code for job in _JOBS])
 
 
 def main() -> None:
-    extra = searchpath_override(user=sys.argv[1:])
-    if extra:
-        sys.argv.append(extra)
-    hydra_app()
+    sys.exit(run_cli(sys.argv[1:]))
 
 
 if __name__ == "__main__":

@@ -66,8 +66,10 @@ def build_config(analyzer: type[Analyzer], options: Any) -> Any:
         return OmegaConf.to_object(merged)
     except OmegaConfBaseException as err:
         fields = ", ".join(f.name for f in dataclasses.fields(analyzer.Config)) or "(none)"
-        message = str(err).splitlines()[0]
-        raise ConfigError(f"analyzers.{analyzer.name}: {message}. Options of {analyzer.name}: {fields}") from None
+        message = (getattr(err, "msg", None) or str(err)).splitlines()[0].rstrip(".")
+        key = getattr(err, "full_key", None)
+        where = f"analyzers.{analyzer.name}" + (f".{key}" if key else "")
+        raise ConfigError(f"{where}: {message}. Options of {analyzer.name}: {fields}") from None
 
 
 def check_layers(info: ModelInfo, layers: Sequence[int] | None, what: str) -> list[int]:

@@ -40,22 +40,63 @@ def _models(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] == "run":  # `interpsuite run +experiment=quickstart` == python -m interpsuite
-        from .__main__ import main as hydra_main
+def _experiments(args: argparse.Namespace) -> int:
+    from .experiments import experiments_command
 
-        sys.argv = [sys.argv[0], *argv[1:]]
-        hydra_main()
-        return 0
-    parser = argparse.ArgumentParser(prog="interpsuite", description="Look inside transformer language models.")
+    return experiments_command()
+
+
+def _cache(args: argparse.Namespace) -> int:
+    from .models.cache import cache_command
+
+    return cache_command(args.action, args.name, full=not args.quick)
+
+
+def _new_plugin(args: argparse.Namespace) -> int:
+    from .scaffold import new_plugin_command
+
+    return new_plugin_command(args.name, args.dest)
+
+
+COMMANDS = {
+    "plugins": _plugins,
+    "models": _models,
+    "experiments": _experiments,
+    "cache": _cache,
+    "new-plugin": _new_plugin,
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="interpsuite",
+        description="Look inside transformer language models.",
+        epilog="exit codes: 0 ok, 1 an analyzer failed, 2 configuration or input error, 130 interrupted",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("plugins", help="list registered analyzers, sinks and datasets with their distribution")
     sub.add_parser("models", help="list embedded and supported models")
+    sub.add_parser("experiments", help="list the experiments (+experiment=NAME), one line each")
+    cache = sub.add_parser("cache", help="list, verify or clear converted model weights")
+    cache.add_argument("action", choices=("list", "verify", "clear"))
+    cache.add_argument("name", nargs="?", default=None, help="one entry (default: all)")
+    cache.add_argument("--quick", action="store_true", help="verify: sampled blocks only, not full checksums")
+    scaffold = sub.add_parser("new-plugin", help="scaffold a plugin package with an analyzer, config and tests")
+    scaffold.add_argument("name", help="plugin name, e.g. token_norms")
+    scaffold.add_argument("--dest", default=None, help="parent folder (default: the current folder)")
     sub.add_parser("run", help="run an experiment (same as python -m interpsuite ...)")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "run":  # `interpsuite run +experiment=quickstart` == python -m interpsuite
+        from .__main__ import run_cli
+
+        return run_cli(argv[1:])
+    args = build_parser().parse_args(argv)
     try:
-        return {"plugins": _plugins, "models": _models}[args.command](args)
+        return COMMANDS[args.command](args)
     except InterpsuiteError as err:
         print(f"interpsuite: error: {err}", file=sys.stderr)
         return 2

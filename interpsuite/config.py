@@ -36,7 +36,7 @@ def searchpath_override(registry: PluginRegistry | None = None, user: Sequence[s
     return "hydra.searchpath=[" + ",".join(quoted) + "]"
 
 
-def compose(overrides: Sequence[str] = (), registry: PluginRegistry | None = None):
+def compose(overrides: Sequence[str] = (), registry: PluginRegistry | None = None, return_hydra_config: bool = False):
     """Compose the run config the way `python -m interpsuite` would (for tests and notebooks)."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
@@ -47,6 +47,6 @@ def compose(overrides: Sequence[str] = (), registry: PluginRegistry | None = Non
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(str(conf_dir()), version_base="1.3"):
-            return hydra_compose(CONFIG_NAME, overrides=all_overrides)
+            return hydra_compose(CONFIG_NAME, overrides=all_overrides, return_hydra_config=return_hydra_config)
     finally:
         GlobalHydra.instance().clear()

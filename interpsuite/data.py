@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import codecs
 import csv
+import io
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -10,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
+from .settings import coerce_dataclass, constrained
 
 
 @dataclass(frozen=True)
@@ -31,8 +34,22 @@ class DataConfig:
     text_field: str = "text"
     #: .jsonl/.csv: an optional per-text field some analyzers read (e.g. an attribution target)
     target_field: str = "target"
-    limit: int | None = None
-    max_length: int | None = 128
+    limit: int | None = constrained(None, min=1, example=100)
+    max_length: int | None = constrained(128, min=1, example=128)
+    #: text encoding of data.path (utf-8 also accepts a byte-order mark)
+    encoding: str = constrained("utf-8", example="latin-1")
+    #: texts longer than max_length tokens: warn (truncate, and say how many) or error
+    truncation: str = constrained("warn", choices=("warn", "error"))
+
+
+def validate_data_config(cfg: DataConfig) -> DataConfig:
+    """Types and ranges of every data key (one ConfigError naming the key), and a known encoding."""
+    cfg = coerce_dataclass(DataConfig, cfg, "data")
+    try:
+        codecs.lookup(cfg.encoding)
+    except LookupError:
+        raise ConfigError(f"data.encoding: unknown encoding {cfg.encoding!r}; e.g. data.encoding=latin-1") from None
+    return cfg
 
 
 @dataclass
@@ -47,63 +64,80 @@ class Inputs:
         return len(self.texts)
 
 
-def _read_txt(path: Path) -> list[str]:
-    return [line.rstrip("\n") for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+@dataclass
+class Record:
+    """One input read from a file: the text, its optional target, where it came from."""
+
+    text: str
+    target: str | None
+    where: str
 
 
-def _read_jsonl(path: Path, text_field: str) -> list[str]:
-    texts = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+def _read_text(path: Path, encoding: str) -> str:
+    """The file's text; bytes that are not `encoding` get a message naming data.encoding."""
+    codec = "utf-8-sig" if codecs.lookup(encoding).name == "utf-8" else encoding
+    raw = path.read_bytes()
+    try:
+        return raw.decode(codec)
+    except UnicodeDecodeError as err:
+        line = raw[: err.start].count(b"\n") + 1
+        raise ConfigError(
+            f"data.path {path.name!r} is not valid {encoding} (byte 0x{raw[err.start]:02x} on line {line}); "
+            f"set data.encoding=<the file's encoding>, e.g. data.encoding=latin-1"
+        ) from None
+
+
+def _read_txt(path: Path, encoding: str) -> list[Record]:
+    lines = _read_text(path, encoding).splitlines()
+    return [Record(line, None, f"{path.name}:{n}") for n, line in enumerate(lines, start=1) if line.strip()]
+
+
+def _read_jsonl(path: Path, text_field: str, target_field: str, encoding: str) -> list[Record]:
+    records = []
+    for number, line in enumerate(_read_text(path, encoding).splitlines(), start=1):
         if not line.strip():
             continue
+        where = f"{path.name}:{number}"
         try:
             record = json.loads(line)
         except json.JSONDecodeError as err:
-            raise ConfigError(f"{path}:{number}: not valid JSON ({err.msg})") from None
+            raise ConfigError(f"{where}: not valid JSON ({err.msg})") from None
         if isinstance(record, str):
-            texts.append(record)
+            text, target = record, None
         elif isinstance(record, dict) and text_field in record:
-            texts.append(str(record[text_field]))
+            text, target = record[text_field], record.get(target_field)
         else:
-            raise ConfigError(
-                f"{path}:{number}: no field {text_field!r}; set data.text_field=<field> to the text field"
-            )
-    return texts
+            raise ConfigError(f"{where}: no field {text_field!r}; set data.text_field=<field> to the text field")
+        if not isinstance(text, str) or not text.strip():
+            raise ConfigError(f"{where}: field {text_field!r} is {text!r}, not a text; fix or delete the line")
+        records.append(Record(text, None if target is None else str(target), where))
+    return records
 
 
-def _read_csv(path: Path, text_field: str) -> list[str]:
-    with path.open(newline="", encoding="utf-8") as handle:
-        reader = csv.DictReader(handle)
-        if reader.fieldnames is None or text_field not in reader.fieldnames:
-            raise ConfigError(
-                f"{path}: no column {text_field!r} (columns: {reader.fieldnames}); set data.text_field=<column>"
-            )
-        return [row[text_field] for row in reader]
+def _read_csv(path: Path, text_field: str, target_field: str, encoding: str) -> list[Record]:
+    reader = csv.DictReader(io.StringIO(_read_text(path, encoding), newline=""))
+    if reader.fieldnames is None or text_field not in reader.fieldnames:
+        raise ConfigError(
+            f"{path.name}: no column {text_field!r} (columns: {reader.fieldnames}); set data.text_field=<column>"
+        )
+    records = []
+    for row in reader:
+        where = f"{path.name}:{reader.line_num}"
+        text = row.get(text_field)
+        if text is None or not text.strip():
+            raise ConfigError(f"{where}: empty {text_field!r} cell; fill it or delete the row")
+        records.append(Record(text, row.get(target_field) or None, where))
+    return records
 
 
 READERS = {".txt": "txt", ".jsonl": "jsonl", ".csv": "csv"}
 
 
-def read_targets(path: Path, text_field: str, target_field: str) -> list[str | None] | None:
-    """The per-text `target_field` of a .jsonl/.csv file (None where a record lacks it), or
-    None when no record has it. Aligned with `read_file` before blank texts are dropped."""
-    if path.suffix.lower() == ".jsonl":
-        records = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-        targets = [r.get(target_field) if isinstance(r, dict) else None for r in records]
-    elif path.suffix.lower() == ".csv":
-        with path.open(newline="", encoding="utf-8") as handle:
-            reader = csv.DictReader(handle)
-            if target_field not in (reader.fieldnames or []):
-                return None
-            targets = [row[target_field] or None for row in reader]
-    else:
-        return None
-    if all(t is None for t in targets):
-        return None
-    return [None if t is None else str(t) for t in targets]
-
-
-def read_file(path: str | Path, text_field: str = "text") -> list[str]:
+def read_records(
+    path: str | Path, text_field: str = "text", target_field: str = "target", encoding: str = "utf-8"
+) -> list[Record]:
+    """Every text of a .txt / .jsonl / .csv file with its target (blank .txt lines are skipped;
+    an empty text in a .jsonl/.csv record is an error naming the line)."""
     path = Path(path).expanduser()
     if not path.is_file():
         raise ConfigError(f"data.path {str(path)!r} does not exist or is not a file")
@@ -111,21 +145,30 @@ def read_file(path: str | Path, text_field: str = "text") -> list[str]:
     if kind is None:
         raise ConfigError(f"data.path {path.name!r}: unsupported file type; use .txt, .jsonl or .csv")
     if kind == "txt":
-        return _read_txt(path)
+        return _read_txt(path, encoding)
     if kind == "jsonl":
-        return _read_jsonl(path, text_field)
-    return _read_csv(path, text_field)
+        return _read_jsonl(path, text_field, target_field, encoding)
+    return _read_csv(path, text_field, target_field, encoding)
+
+
+def read_file(path: str | Path, text_field: str = "text", encoding: str = "utf-8") -> list[str]:
+    return [record.text for record in read_records(path, text_field, encoding=encoding)]
 
 
 def load_inputs(cfg: DataConfig, datasets: dict[str, Any]) -> Inputs:
     """Read the configured inputs; an empty set is a ConfigError (before any weights load)."""
+    cfg = validate_data_config(cfg)
     given = [k for k in ("texts", "path", "dataset") if getattr(cfg, k) not in (None, [], "")]
     if len(given) > 1:
         raise ConfigError(f"data: give one of texts / path / dataset, not {' and '.join(given)}")
+    targets = None
     if cfg.texts:
         texts, source = [str(t) for t in cfg.texts], "inline"
     elif cfg.path:
-        texts, source = read_file(cfg.path, cfg.text_field), str(cfg.path)
+        records = read_records(cfg.path, cfg.text_field, cfg.target_field, cfg.encoding)
+        texts, source = [r.text for r in records], str(cfg.path)
+        if any(r.target is not None for r in records):
+            targets = [r.target for r in records]
     elif cfg.dataset:
         if cfg.dataset not in datasets:
             known = ", ".join(sorted(datasets)) or "(none)"
@@ -133,7 +176,6 @@ def load_inputs(cfg: DataConfig, datasets: dict[str, Any]) -> Inputs:
         texts, source = list(datasets[cfg.dataset].obj.load()), f"dataset:{cfg.dataset}"
     else:
         raise ConfigError("no inputs: set data.texts=[...], data.path=<file> or data.dataset=<name>")
-    targets = read_targets(Path(cfg.path).expanduser(), cfg.text_field, cfg.target_field) if cfg.path else None
     keep = [i for i, t in enumerate(texts) if t.strip()]
     if cfg.limit is not None:
         keep = keep[: cfg.limit]
@@ -154,8 +196,5 @@ def as_data_config(data: DataConfig | dict | Sequence[str] | str | None) -> Data
     if isinstance(data, str):
         return DataConfig(path=data)
     if isinstance(data, dict):
-        unknown = set(data) - set(DataConfig.__dataclass_fields__)
-        if unknown:
-            raise ConfigError(f"data: unknown keys {sorted(unknown)}; known: {sorted(DataConfig.__dataclass_fields__)}")
-        return DataConfig(**data)
+        return coerce_dataclass(DataConfig, data, "data")
     return DataConfig(texts=[str(t) for t in data])

@@ -5,7 +5,8 @@ A plugin is a module (or object) registered under the entry-point group `interps
     [project.entry-points.interpsuite]
     my_plugin = "my_package.plugin"
 
-and marks its functions with `@interpsuite.hookimpl`. Each hook *returns* what the plugin
+and marks its functions with `@hookimpl` (`from interpsuite import hookimpl`; the same
+marker as `interpsuite.hookspecs.hookimpl`). Each hook *returns* what the plugin
 contributes; none mutates global state. interpsuite calls every implementation and merges
 the answers, attributing each contribution to the distribution that shipped it.
 
@@ -37,8 +38,10 @@ def interpsuite_analyzers() -> list[type[Analyzer]]:
 
     Each class has a unique `name` (how configs select it: `analyzers.<name>`), a `family`,
     a dataclass `Config`, `validate(model_info, cfg)` and `run(ctx) -> Result`; see
-    `interpsuite.analyzer.Analyzer`. Two analyzers with one name are an error that names
-    both distributions.
+    `interpsuite.Analyzer`. `validate` may return the config resolved against the model
+    (e.g. `layers` as a list of ints from `interpsuite.check_layers`); the analyzer is then
+    built with it, so `run` reads `self.cfg` resolved (returning None keeps the given one).
+    Two analyzers with one name are an error that names both distributions.
     """
 
 

@@ -7,8 +7,11 @@ minute. A failing analyzer is recorded as failed and the others still run.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
+import logging
 import random
+import sys
 import time
 import traceback
 import warnings
@@ -23,14 +26,23 @@ import torch
 
 from . import __version__
 from .analyzer import Analyzer, RunContext, build_config
-from .data import DataConfig, Inputs, as_data_config, load_inputs
-from .errors import AnalyzerError, ConfigError
+from .data import DataConfig, Inputs, as_data_config, load_inputs, validate_data_config
+from .errors import AnalyzerError, ConfigError, PluginError
 from .models import HookedModel, ModelInfo, describe_model
 from .models.loading import load_model
 from .models.placement import resolve_placement
+from .models.usage import InputUsage, record_inputs
 from .plugins import PluginRegistry, get_registry
 from .results import Result
-from .sinks.base import RunInfo, Sink
+from .settings import (
+    FiguresConfig,
+    ModelSettings,
+    RunSettings,
+    check_writable_dir,
+    coerce_dataclass,
+    prefer_user_source,
+)
+from .sinks.base import RunInfo, Sink, SinkWarning
 from .sinks.rundir import RunDirSink
 
 
@@ -51,6 +63,8 @@ class RunPlan:
     #: analyzers that cannot run on this model at all (a causal-LM analyzer on an encoder in an
     #: experiment with others that can), by name -> reason; recorded as status "skipped"
     skipped: dict[str, str] = field(default_factory=dict)
+    #: the run directory, checked writable (created) before any weights load
+    run_dir: Path | None = None
 
 
 @dataclass
@@ -62,6 +76,18 @@ class RunReport:
     @property
     def ok(self) -> bool:
         return all(r.status in ("ok", "skipped") for r in self.results.values())
+
+    @property
+    def exit_code(self) -> int:
+        """0: every analyzer ok or skipped; 1: one or more failed; 130: interrupted."""
+        if self.payload.get("status") == "interrupted":
+            return EXIT_INTERRUPTED
+        return EXIT_OK if self.ok else EXIT_FAILED
+
+
+#: exit codes of `python -m interpsuite` (README, docs/reference.md)
+EXIT_OK, EXIT_FAILED, EXIT_CONFIG, EXIT_INTERRUPTED = 0, 1, 2, 130
+log = logging.getLogger("interpsuite")
 
 
 def _analyzer_options(analyzers: Mapping[str, Any] | Sequence[str] | None) -> dict[str, Any]:
@@ -102,6 +128,7 @@ class InterpretabilityPipeline:
         sinks: Sequence[str] = ("rundir", "wandb"),
         wandb: Mapping[str, Any] | None = None,
         table_format: str = "csv",
+        figures: FiguresConfig | Mapping[str, Any] | None = None,
         fail_fast: bool = False,
         progress: bool = True,
         resolved_config: dict | None = None,
@@ -119,9 +146,10 @@ class InterpretabilityPipeline:
         self.offload_dir = offload_dir
         self.seed = seed
         self.batch_size = batch_size
-        self.sink_names = list(sinks)
-        self.wandb_options = dict(wandb or {"mode": "offline"})
+        self.sink_names = [sinks] if isinstance(sinks, str) else sinks
+        self.wandb_options = wandb if wandb is not None else {"mode": "offline"}
         self.table_format = table_format
+        self.figures = figures if figures is not None else FiguresConfig()
         self.fail_fast = fail_fast
         self.progress = progress
         self.resolved_config = resolved_config
@@ -129,53 +157,85 @@ class InterpretabilityPipeline:
 
     # --- construction from Hydra ----------------------------------------------------------
     @classmethod
-    def from_config(cls, cfg, output_dir: str | Path | None = None, **overrides) -> InterpretabilityPipeline:
-        from omegaconf import OmegaConf
+    def from_config(
+        cls, cfg, output_dir: str | Path | None = None, user_overrides: Sequence[str] = (), **overrides
+    ) -> InterpretabilityPipeline:
+        """A pipeline from a composed Hydra config. `user_overrides` (the command line's
+        overrides) decide which input source wins: `data.path=...` given by the user replaces
+        an experiment's inline texts instead of conflicting with them."""
+        from omegaconf import OmegaConf, open_dict
 
+        if not isinstance(cfg, dict):
+            cfg = cfg.copy()
+            with open_dict(cfg):
+                cfg.pop("hydra", None)  # Hydra's own node (it resolves only inside a running job)
         container = OmegaConf.to_container(cfg, resolve=True) if not isinstance(cfg, dict) else dict(cfg)
         container.pop("hydra", None)
+        known = {f.name for f in dataclasses.fields(RunSettings)} | {"model", "data", "analyzers", "output_dir"}
+        unknown = sorted(set(map(str, container)) - known)
+        if unknown:
+            raise ConfigError(f"unknown top-level config key {unknown[0]!r}; known keys: {', '.join(sorted(known))}")
         model_cfg = container.get("model") or {}
-        model = model_cfg.get("name") if isinstance(model_cfg, dict) else str(model_cfg)
-        if not model:
+        if isinstance(model_cfg, str):
+            model_cfg = {"name": model_cfg}
+        model = coerce_dataclass(ModelSettings, model_cfg, "model")
+        if not model.name:
             raise ConfigError("model: no name; use model=<embedded name> or model.name=<hub name or path>")
         data = container.get("data") or {}
         if not isinstance(data, dict):
             raise ConfigError("data: expected a mapping (texts / path / dataset ...)")
+        data = prefer_user_source(data, user_overrides)
+        settings = {k: container[k] for k in (f.name for f in dataclasses.fields(RunSettings)) if k in container}
         kwargs = dict(
-            model=model,
+            model=model.name,
             data=data,
             analyzers=container.get("analyzers") or {},
-            experiment=container.get("experiment_name") or "run",
+            experiment=settings.pop("experiment_name", None) or "run",
             output_dir=output_dir or container.get("output_dir"),
-            device=container.get("device", "cpu"),
-            dtype=(model_cfg.get("dtype") if isinstance(model_cfg, dict) else None)
-            or container.get("dtype", "float32"),
-            device_map=model_cfg.get("device_map") if isinstance(model_cfg, dict) else None,
-            max_memory=model_cfg.get("max_memory") if isinstance(model_cfg, dict) else None,
-            offload_dir=model_cfg.get("offload_dir") if isinstance(model_cfg, dict) else None,
-            seed=int(container.get("seed", 0)),
-            batch_size=int(container.get("batch_size", 8)),
-            sinks=container.get("sinks") or ["rundir"],
-            wandb=container.get("wandb") or {},
-            table_format=container.get("table_format", "csv"),
-            fail_fast=bool(container.get("fail_fast", False)),
-            progress=bool(container.get("progress", True)),
+            dtype=model.dtype,
+            device_map=model.device_map,
+            max_memory=model.max_memory,
+            offload_dir=model.offload_dir,
             resolved_config=container,
+            **settings,
         )
         kwargs.update(overrides)
         return cls(**kwargs)
 
+    def _checked_settings(self) -> RunSettings:
+        """Every top-level setting through the validation layer; typed values are kept."""
+        settings = coerce_dataclass(
+            RunSettings,
+            {
+                "device": self.device,
+                "seed": self.seed,
+                "batch_size": self.batch_size,
+                "fail_fast": self.fail_fast,
+                "progress": self.progress,
+                "table_format": self.table_format,
+                "sinks": list(self.sink_names) if isinstance(self.sink_names, (list, tuple)) else self.sink_names,
+                "wandb": self.wandb_options,
+                "figures": self.figures,
+                "experiment_name": self.experiment,
+            },
+        )
+        self.seed, self.batch_size, self.fail_fast = settings.seed, settings.batch_size, settings.fail_fast
+        self.progress, self.table_format, self.sink_names = settings.progress, settings.table_format, settings.sinks
+        self.figures = settings.figures
+        self.wandb_options = dataclasses.asdict(settings.wandb)
+        self.data = validate_data_config(self.data)
+        return settings
+
     # --- validation (no weights) ----------------------------------------------------------
     def validate(self) -> RunPlan:
+        """Everything that can be checked without weights, in the order a user would fix it.
+        Nothing is written: the run directory is only checked (it is made by `run`)."""
         if not self.analyzer_options:
             raise ConfigError(
                 "no analyzers selected; add some, e.g. +analyzers.activation_stats={} or "
                 "+experiment=quickstart (see `interpsuite plugins` for the list)"
             )
-        if self.batch_size < 1:
-            raise ConfigError(f"batch_size must be >= 1, got {self.batch_size}")
-        if self.table_format not in ("csv", "parquet"):
-            raise ConfigError(f"table_format must be csv or parquet, got {self.table_format!r}")
+        self._checked_settings()
         if self.table_format == "parquet" and importlib.util.find_spec("pyarrow") is None:
             raise ConfigError("table_format=parquet needs pyarrow: pip install 'interpsuite[parquet]'")
         for sink in self.sink_names:
@@ -196,37 +256,73 @@ class InterpretabilityPipeline:
         }
         planned = [item for item in planned if item.name not in skipped]
         for item in planned:
-            item.analyzer.validate(info, item.config)
+            resolved = item.analyzer.validate(info, item.config)
+            if resolved is not None:  # the analyzer resolved its config (layers, heads): run() gets that one
+                if not isinstance(resolved, type(item.config)):
+                    raise PluginError(
+                        f"{item.name}.validate() returned {type(resolved).__name__}; return the resolved "
+                        f"{type(item.config).__name__} or None"
+                    )
+                item.config = resolved
+                item.analyzer.cfg = resolved
         inputs = load_inputs(self.data, self.registry.datasets)
-        return RunPlan(info, inputs, planned, skipped)
+        run_dir = check_writable_dir(self._run_dir(), "run directory", create=False)
+        return RunPlan(info, inputs, planned, skipped, run_dir)
 
     # --- running ---------------------------------------------------------------------------
     def _run_dir(self) -> Path:
-        if self.output_dir is not None:
-            return self.output_dir
-        stamp = datetime.now().strftime("%Y-%m-%d_%H-%M-%S-%f")
-        return Path("outputs") / self.experiment / stamp
+        if self.output_dir is None:
+            stamp = datetime.now().strftime("%Y-%m-%d_%H-%M-%S-%f")
+            self.output_dir = Path("outputs") / self.experiment / stamp
+        return self.output_dir
 
     def _seed(self) -> None:
         random.seed(self.seed)
         np.random.seed(self.seed)
         torch.manual_seed(self.seed)
 
-    def _open_sinks(self, run: RunInfo) -> tuple[RunDirSink, list[Sink]]:
-        rundir = RunDirSink(run)
-        others = []
+    def _open_sinks(self, run: RunInfo, status: dict[str, dict]) -> list[Sink]:
+        opened = []
         for name in self.sink_names:
             if name == RunDirSink.name:
                 continue
             try:
-                others.append(self.registry.sink(name)(run))
+                opened.append(self.registry.sink(name)(run))
+                status[name] = {"status": "ok", "error": None}
             except Exception as err:  # a sink must never cost the local results
-                warnings.warn(f"sink {name!r} failed to start: {type(err).__name__}: {err}", stacklevel=2)
-        return rundir, others
+                status[name] = {"status": "failed", "error": f"failed to start: {type(err).__name__}: {err}"}
+                warnings.warn(f"sink {name} failed to start: {type(err).__name__}: {err}", SinkWarning, stacklevel=2)
+        return opened
+
+    def _check_truncation(self, model: HookedModel, inputs: Inputs) -> dict[str, int]:
+        """How many of the data group's texts `max_length` cuts; `truncation: error` refuses them."""
+        max_length = self.data.max_length
+        if max_length is None:
+            return {"truncated_texts": 0, "truncated_tokens": 0}
+        excess = [n - max_length for n in model.token_lengths(inputs.texts) if n > max_length]
+        if excess and self.data.truncation == "error":
+            raise ConfigError(
+                f"{len(excess)} of {inputs.count} texts are longer than data.max_length={max_length} tokens "
+                f"(up to {max_length + max(excess)}); raise data.max_length, shorten them, or set "
+                f"data.truncation=warn to cut them"
+            )
+        if excess:
+            log.warning(
+                "%d of %d texts are longer than data.max_length=%d tokens: %d tokens cut (data.truncation=error "
+                "refuses instead)",
+                len(excess),
+                inputs.count,
+                max_length,
+                sum(excess),
+            )
+        return {"truncated_texts": len(excess), "truncated_tokens": sum(excess)}
 
     def run(self) -> RunReport:
+        """Run every analyzer; results.json is rewritten (atomically) after each one, so a crash,
+        a failing sink or Ctrl-C never costs a finished analyzer."""
         started = time.perf_counter()
         plan = self.validate()
+        check_writable_dir(plan.run_dir, "run directory")
         self._seed()
         model = (
             self.model
@@ -241,6 +337,7 @@ class InterpretabilityPipeline:
                 offload_dir=self.offload_dir,
             )
         )
+        data_truncation = self._check_truncation(model, plan.inputs)
         ctx = RunContext(
             model=model,
             inputs=plan.inputs,
@@ -249,70 +346,138 @@ class InterpretabilityPipeline:
             seed=self.seed,
             show_progress=self.progress,
         )
-        n_tokens = model.count_tokens(plan.inputs.texts, self.data.max_length)
-        run_dir = self._run_dir()
+        run_dir = plan.run_dir
         ctx.run_dir = run_dir
+        inputs_entry: dict[str, Any] = {
+            "source": plan.inputs.source,
+            "count": 0,
+            "n_tokens": 0,
+            "truncated_texts": 0,
+            "truncated_tokens": 0,
+            "max_length": self.data.max_length,
+            "data": {"source": plan.inputs.source, "count": plan.inputs.count, **data_truncation},
+        }
         run = RunInfo(
             run_dir=run_dir,
             experiment=self.experiment,
             model=model.info.contract_dict(),
-            inputs={"source": plan.inputs.source, "count": plan.inputs.count, "n_tokens": n_tokens},
+            inputs=inputs_entry,
             config=self.resolved_config or self._python_config(),
-            options={"wandb": self.wandb_options, "table_format": self.table_format},
+            options={
+                "wandb": self.wandb_options,
+                "table_format": self.table_format,
+                "figure_formats": list(self.figures.formats),
+            },
         )
-        rundir, sinks = self._open_sinks(run)
         payload: dict[str, Any] = {
             "interpsuite_version": __version__,
             "experiment": self.experiment,
+            "status": "running",
             "model": run.model,
-            "inputs": run.inputs,
+            "inputs": inputs_entry,
             "duration_s": 0.0,
             "analyzers": {},
+            "sinks": {RunDirSink.name: {"status": "ok", "error": None}},
+            "plugins": {"errors": list(self.registry.warnings)},
         }
+        rundir = RunDirSink(run)
+        sinks = self._open_sinks(run, payload["sinks"])
         report = RunReport(run_dir, payload)
+        used = InputUsage()
+        running: str | None = None
         try:
             for name, reason in plan.skipped.items():
                 skipped = Result(status="skipped", error=reason)
                 report.results[name] = skipped
                 payload["analyzers"][name] = self._entry(skipped)
             for item in plan.analyzers:
-                result = self._run_one(item, ctx, run_dir)
+                running = item.name
+                result, usage = self._run_one(item, ctx, run_dir)
+                running = None
+                used.merge(usage)
+                inputs_entry.update({k: v for k, v in used.summary().items() if k != "max_length"})
                 report.results[item.name] = result
-                entry = self._entry(result)
-                rundir.write(item.name, result, entry)
-                for sink in sinks:
-                    sink.write(item.name, result, entry)
+                entry = self._entry(result, usage)
+                self._deliver(item.name, result, entry, rundir, sinks, payload["sinks"])
                 payload["analyzers"][item.name] = entry
                 payload["duration_s"] = time.perf_counter() - started
-                rundir.save(payload)
+                self._save(rundir, payload)
                 _close_figures(result)
                 if result.status == "failed" and self.fail_fast:
                     raise AnalyzerError(f"analyzer {item.name} failed (fail_fast): {result.error}")
+            payload["status"] = "complete"
+        except KeyboardInterrupt:
+            payload["status"] = "interrupted"
+            if running is not None:
+                interrupted = Result(status="interrupted", error="KeyboardInterrupt: interrupted before it finished")
+                report.results[running] = interrupted
+                payload["analyzers"][running] = self._entry(interrupted)
+            raise
+        except BaseException:
+            payload["status"] = "crashed"
+            raise
         finally:
             payload["duration_s"] = time.perf_counter() - started
-            rundir.save(payload)
+            self._save(rundir, payload)
             for sink in sinks:
-                sink.close(payload)
+                self._guarded(sink, payload["sinks"], lambda sink=sink: sink.close(payload))
+            if any(s["status"] != "ok" for s in payload["sinks"].values()):
+                self._save(rundir, payload)  # the sinks' own failures, on the record
         return report
 
-    def _run_one(self, item: PlannedAnalyzer, ctx: RunContext, run_dir: Path) -> Result:
-        started = time.perf_counter()
+    @staticmethod
+    def _guarded(sink: Sink, status: dict[str, dict], action) -> None:
+        """Run a sink action; a failure is recorded under `sinks.<name>` and never propagates."""
         try:
-            result = item.analyzer.run(ctx)
-            if not isinstance(result, Result):
-                raise AnalyzerError(f"{item.name}.run() returned {type(result).__name__}, not Result")
-            result.status, result.error = "ok", None
-        except Exception as err:  # recorded as failed; the other analyzers still run
-            log_dir = run_dir / "logs"
-            log_dir.mkdir(parents=True, exist_ok=True)
-            (log_dir / f"{item.name}.traceback.txt").write_text(traceback.format_exc())
-            result = Result.failure(err, 0.0)
-        result.duration_s = time.perf_counter() - started
-        return result
+            action()
+        except Exception as err:
+            message = f"{type(err).__name__}: {err}"
+            if status.get(sink.name, {}).get("status") != "failed":  # warn once per sink; keep its first error
+                warnings.warn(f"sink {sink.name} failed: {message}", SinkWarning, stacklevel=2)
+                status[sink.name] = {"status": "failed", "error": message}
+
+    def _deliver(
+        self, name: str, result: Result, entry: dict, rundir: RunDirSink, sinks: list[Sink], status: dict
+    ) -> None:
+        self._guarded(rundir, status, lambda: rundir.write(name, result, entry))
+        for sink in sinks:
+            self._guarded(sink, status, lambda sink=sink: sink.write(name, result, entry))
 
     @staticmethod
-    def _entry(result: Result) -> dict[str, Any]:
-        return {
+    def _save(rundir: RunDirSink, payload: dict) -> None:
+        try:
+            rundir.save(payload)
+        except Exception as err:  # the run goes on; the terminal report still has everything
+            message = f"{type(err).__name__}: {err}"
+            payload["sinks"][RunDirSink.name] = {"status": "failed", "error": f"results.json not written: {message}"}
+            print(f"interpsuite: warning: {rundir.results_path} could not be written: {message}", file=sys.stderr)
+
+    def _run_one(self, item: PlannedAnalyzer, ctx: RunContext, run_dir: Path) -> tuple[Result, InputUsage]:
+        started = time.perf_counter()
+        with record_inputs() as usage:
+            try:
+                result = item.analyzer.run(ctx)
+                if not isinstance(result, Result):
+                    raise AnalyzerError(f"{item.name}.run() returned {type(result).__name__}, not Result")
+                result.status, result.error = "ok", None
+            except Exception as err:  # recorded as failed; the other analyzers still run
+                self._write_traceback(run_dir, item.name)
+                result = Result.failure(err, 0.0)
+        result.duration_s = time.perf_counter() - started
+        return result, usage
+
+    @staticmethod
+    def _write_traceback(run_dir: Path, name: str) -> None:
+        try:
+            log_dir = run_dir / "logs"
+            log_dir.mkdir(parents=True, exist_ok=True)
+            (log_dir / f"{name}.traceback.txt").write_text(traceback.format_exc())
+        except OSError as err:
+            log.warning("traceback of %s not saved: %s", name, err)
+
+    @staticmethod
+    def _entry(result: Result, usage: InputUsage | None = None) -> dict[str, Any]:
+        entry = {
             "status": result.status,
             "error": result.error,
             "duration_s": result.duration_s,
@@ -323,6 +488,9 @@ class InterpretabilityPipeline:
             "summary": result.summary,
             "artifacts": {},
         }
+        if usage is not None:
+            entry["inputs"] = usage.summary()
+        return entry
 
     def _python_config(self) -> dict:
         return {
@@ -340,7 +508,8 @@ class InterpretabilityPipeline:
 
 
 def _close_figures(result: Result) -> None:
-    import matplotlib.pyplot as plt
-
-    for figure in result.figures.values():
-        plt.close(figure)
+    """Release figures that were made through pyplot (ours are plain Figures pyplot never saw)."""
+    plt = sys.modules.get("matplotlib.pyplot")
+    if plt is not None:
+        for figure in result.figures.values():
+            plt.close(figure)

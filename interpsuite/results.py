@@ -105,7 +105,7 @@ def contract_errors(payload: dict, run_dir: Path | None = None) -> list[str]:
     errors = [f"missing key {key!r}" for key in REQUIRED_RUN_KEYS if key not in payload]
     for name, entry in payload.get("analyzers", {}).items():
         errors += [f"{name}: missing {key!r}" for key in REQUIRED_ANALYZER_KEYS if key not in entry]
-        if entry.get("status") not in ("ok", "failed", "skipped"):
+        if entry.get("status") not in ("ok", "failed", "skipped", "interrupted"):
             errors.append(f"{name}: status {entry.get('status')!r}")
         for key, value in entry.get("metrics", {}).items():
             if value is not None and not isinstance(value, (int, float)):

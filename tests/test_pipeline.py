@@ -137,7 +137,10 @@ def test_a_wandb_failure_is_a_warning_and_local_results_survive(tmp_path, monkey
     monkeypatch.setattr(wandb, "init", broken_init)
     with pytest.warns(UserWarning, match="no W&B today"):
         report = _pipeline(tmp_path, sinks=["rundir", "wandb"]).run()
-    assert read_results(report.run_dir)["analyzers"]["activation_stats"]["status"] == "ok"
+    payload = read_results(report.run_dir)
+    assert payload["analyzers"]["activation_stats"]["status"] == "ok"
+    assert payload["sinks"]["wandb"] == {"status": "failed", "error": "failed to start: RuntimeError: no W&B today"}
+    assert report.exit_code == 0  # a sink failure is recorded, not an analyzer failure
 
 
 # --- bad input: one clear message, before any weights load -------------------------------------

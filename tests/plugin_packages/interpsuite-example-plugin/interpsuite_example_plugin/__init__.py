@@ -8,26 +8,24 @@ entry point declared in `pyproject.toml`:
     [project.entry-points.interpsuite]
     example = "interpsuite_example_plugin"
 
-Nothing here touches interpsuite's internals: the analyzer asks the model for a capture
-(`ctx.model.forward(batch, capture=[...])`) and returns a `Result`; the adapter only names
-modules of the transformers model, and interpsuite builds the hook points from them.
+Nothing here touches interpsuite's internals: everything comes from the top-level package.
+`validate` resolves the layer against the model once and returns the resolved config, which
+is what `run` then reads as `self.cfg`; the analyzer asks the model for a capture
+(`ctx.model.forward(batch, capture=[...])`), averages over real tokens with `TokenMean` and
+returns a `Result`; the adapter only names modules of the transformers model, and
+interpsuite builds the hook points from them. Its tests use `interpsuite.testing`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pandas as pd
 import torch
 from torch import nn
 
-from interpsuite.analyzer import Analyzer, RunContext, check_layers
-from interpsuite.errors import ConfigError
-from interpsuite.hookspecs import hookimpl
-from interpsuite.models import ModelInfo
-from interpsuite.models.adapters import Adapter
-from interpsuite.results import Result
+from interpsuite import Adapter, Analyzer, ConfigError, ModelInfo, Result, RunContext, TokenMean, check_layers, hookimpl
 
 __version__ = "0.1.0"
 
@@ -48,21 +46,24 @@ class TokenNormAnalyzer(Analyzer):
     description = "per-token L2 norms of blocks.{layer}.resid_post (example third-party plugin)"
     Config = TokenNormConfig
 
-    def validate(self, info: ModelInfo, cfg: TokenNormConfig) -> None:
-        check_layers(info, [cfg.layer], f"{self.name}.layer")
+    def validate(self, info: ModelInfo, cfg: TokenNormConfig) -> TokenNormConfig:
+        """Checks that need no weights; returns the config with `layer` resolved (-1 -> last block)."""
+        (layer,) = check_layers(info, [cfg.layer], f"{self.name}.layer")
         if cfg.top_k < 1:
             raise ConfigError(f"{self.name}.top_k must be >= 1, got {cfg.top_k}")
+        return replace(cfg, layer=layer)
 
     def run(self, ctx: RunContext) -> Result:
-        cfg: TokenNormConfig = self.cfg
-        (layer,) = check_layers(ctx.model.info, [cfg.layer], f"{self.name}.layer")
-        hook = f"blocks.{layer}.resid_post"
+        cfg: TokenNormConfig = self.cfg  # as validate() returned it: layer is a block index
+        hook = f"blocks.{cfg.layer}.resid_post"
         rows: list[dict] = []
         worst_error = 0.0
+        mean_norm = TokenMean()
         for batch in ctx.batches(self.name):
-            resid = ctx.model.forward(batch, capture=[hook]).cache[hook]  # [batch, pos, d_model]
+            resid = ctx.model.forward(batch, capture=[hook]).cache[hook]  # [batch, pos, d_model], right-padded
             mask = batch.attention_mask.bool()
             norms = torch.linalg.norm(resid, dim=-1)  # [batch, pos]
+            mean_norm.add(norms, batch.attention_mask)  # padding never counts
             # Self-check: the same norms another way (float64 sum of squares).
             reference = resid.to(torch.float64).pow(2).sum(dim=-1).sqrt()
             error = (norms.to(torch.float64) - reference).abs() / reference.clamp_min(1e-12)
@@ -81,13 +82,13 @@ class TokenNormAnalyzer(Analyzer):
         table = pd.DataFrame(rows, columns=["text", "position", "token", "norm"])
         result = Result()
         result.tables["token_norms"] = table
-        result.metrics["mean_norm"] = float(table["norm"].mean())
+        result.metrics["mean_norm"] = float(mean_norm.mean())
         result.metrics["max_norm"] = float(table["norm"].max())
-        result.metrics["n_tokens"] = float(len(table))
+        result.metrics["n_tokens"] = float(mean_norm.count)
         result.add_check("norm_matches_float64_reference", worst_error, 1e-5)
         top = table.sort_values("norm", ascending=False).head(cfg.top_k)
         result.summary = {
-            "layer": layer,
+            "layer": cfg.layer,
             "hook_point": hook,
             "top_tokens": [
                 {"token": r.token, "text": int(r.text), "position": int(r.position), "norm": round(r.norm, 4)}
