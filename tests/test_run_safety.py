@@ -427,3 +427,11 @@ def test_python_api_validates_the_same_settings(tmp_path):
         options = {"model": "tiny_llama", "data": ["a"], "analyzers": ["activation_stats"], **kwargs}
         with pytest.raises(ConfigError, match=message):
             InterpretabilityPipeline(output_dir=Path(tmp_path) / "x", **options).validate()
+
+
+@pytest.mark.slow
+def test_a_target_that_lost_its_space_to_the_shell_gets_a_note(smollm2):
+    paris, note = smollm2.token_id("Paris", "logit_lens target")
+    spaced, no_note = smollm2.token_id(" Paris", "logit_lens target")
+    assert paris != spaced and no_note == ""
+    assert f"mid-sentence the word is ' Paris' (id {spaced})" in note and "quote the whole override" in note

@@ -305,7 +305,21 @@ class HookedModel:
             raise ConfigError(
                 f"{what} {text!r} has id {ids[0]} outside the model's vocabulary ({self.info.vocab_size})"
             )
-        return int(ids[0]), ""
+        return int(ids[0]), self._space_hint(text, what)
+
+    def _space_hint(self, text: str, what: str) -> str:
+        """A note when `text` lacks the leading space a mid-sentence word has in this vocabulary
+        (a shell eats the space of target=" Paris" unless the whole override is quoted)."""
+        if text[:1].isspace() or not text[:1].isalnum():
+            return ""
+        with self._tokenizer_lock:
+            spaced = self.tokenizer(" " + text, add_special_tokens=False)["input_ids"]
+        if len(spaced) != 1:
+            return ""
+        return (
+            f"{what} {text!r} has no leading space; mid-sentence the word is {' ' + text!r} (id {spaced[0]}). "
+            f"If you meant that, quote the whole override: 'key=\" {text}\"'"
+        )
 
     def token_lengths(self, texts: Sequence[str]) -> list[int]:
         """Tokens each text has before any truncation (what `max_length` would cut is the excess)."""

@@ -25,6 +25,7 @@ layers are decoded one after another.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -44,6 +45,8 @@ EMBED = -1
 LAST_LAYER_TOLERANCE = 1e-4
 NORMALISATION_TOLERANCE = 1e-4
 LAST_LAYER_KL_TOLERANCE = 1e-5
+
+log = logging.getLogger("interpsuite")
 
 
 def layer_label(layer: int) -> str:
@@ -120,7 +123,9 @@ class LogitLens(Analyzer):
         cfg: LogitLensConfig = self.cfg
         model = ctx.model
         info = model.info
-        target_id = model.token_id(cfg.target, f"{self.name} target")[0] if cfg.target is not None else None
+        target_id, target_note = model.token_id(cfg.target, f"{self.name} target") if cfg.target else (None, "")
+        if target_note:
+            log.warning(target_note)
         layers = lens_layers(info, cfg.layers, cfg.include_embed, self.name)
         last = info.n_layers - 1
         capture = sorted({layer_hook(L) for L in layers} | {layer_hook(last)})
@@ -251,6 +256,7 @@ class LogitLens(Analyzer):
         result.figures["kl_by_layer"] = plot_kl_by_layer(layer_table, model.info.name, ctx.style)
         result.summary = {
             "target": target_label,
+            "target_note": ctx.model.token_id(cfg.target, f"{self.name} target")[1] if cfg.target else "",
             "layers": [layer_label(L) for L in layers],
             "tokens": int(next(iter(stats.values())).tokens),
             "texts": [
