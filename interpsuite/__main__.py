@@ -23,7 +23,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from .config import CONFIG_NAME, PRIMARY_CONFIG, compose, searchpath_override
-from .errors import ConfigError, InterpsuiteError
+from .errors import AnalyzerError, ConfigError, InterpsuiteError
 from .pipeline import EXIT_CONFIG, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, InterpretabilityPipeline
 from .report import format_report
 from .settings import check_writable_dir
@@ -52,6 +52,9 @@ def run_job(cfg: DictConfig) -> int:
             cfg, output_dir=output_dir, user_overrides=list(hydra_cfg.overrides.task)
         )
         report = pipeline.run()
+    except AnalyzerError as err:  # fail_fast stopped the run; what finished is in results.json
+        _error(f"{err}; the results so far are in {output_dir / 'results.json'}")
+        return EXIT_FAILED
     except InterpsuiteError as err:
         _error(str(err))
         return EXIT_CONFIG

@@ -413,6 +413,9 @@ class InterpretabilityPipeline:
                 report.results[running] = interrupted
                 payload["analyzers"][running] = self._entry(interrupted)
             raise
+        except AnalyzerError:
+            payload["status"] = "stopped"  # fail_fast: the analyzers after the failed one did not run
+            raise
         except BaseException:
             payload["status"] = "crashed"
             raise

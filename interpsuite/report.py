@@ -34,7 +34,9 @@ def format_report(report: RunReport) -> str:
             continue
         state = entry["status"] if entry["status"] == "ok" else f"FAILED: {entry['error']}"
         used = entry.get("inputs")
-        used_text = f"  on {used['count']} texts" if used and used.get("count") != inputs.get("count") else ""
+        used_text = ""
+        if used and used.get("count") != inputs.get("count"):
+            used_text = f"  on {used['count']} text{'s' if used['count'] != 1 else ''}"
         lines.append(
             f"  {name:<24} {state:<8} {entry['duration_s']:6.1f} s  checks {passed}/{len(checks)} passed"
             f"  figures {len(entry['figures'])}  tables {len(entry['tables'])}{used_text}"
