@@ -119,3 +119,20 @@ def test_smollm2_quickstart_checks_pass(smollm2, tmp_path):
     values = {k: c.value for k, c in result.checks.items()}
     assert len(values) == 4 and all(c.passed for c in result.checks.values()), values
     assert max(values.values()) < FD_THRESHOLD / 5, values  # measured <= 7e-4 on these texts
+
+
+def test_half_precision_models_are_attributed_in_float32_inputs(tmp_path):
+    from interpsuite import InterpretabilityPipeline, load_model
+
+    report = InterpretabilityPipeline(
+        model=load_model("tiny_llama", dtype="bfloat16"),
+        data=["ab ab a"],
+        analyzers={"token_attribution": {"methods": ["saliency", "integrated_gradients"]}},
+        sinks=["rundir"],
+        output_dir=tmp_path,
+        progress=False,
+    ).run()
+    entry = report.payload["analyzers"]["token_attribution"]
+    assert entry["status"] == "ok", entry["error"]
+    assert "ig_completeness.text0" in entry["checks"]  # finite differences are skipped in bf16, IG is not
+    assert not any(name.startswith("saliency_fd") for name in entry["checks"])

@@ -53,8 +53,12 @@ def target_scalar(output: torch.Tensor, spec: TargetSpec, last_index: torch.Tens
 
 
 def model_output(model, embeds: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Forward from input embeddings: logits (causal) or last hidden state (encoder)."""
-    out = model.hf_model(inputs_embeds=embeds, attention_mask=mask)
+    """Forward from input embeddings: logits (causal) or last hidden state (encoder).
+
+    Attribution methods work on float32 embeddings; a half-precision model gets them cast to
+    its own dtype (the cast is differentiable, so gradients still reach the float32 inputs)."""
+    dtype = model.hf_model.get_input_embeddings().weight.dtype
+    out = model.hf_model(inputs_embeds=embeds.to(dtype), attention_mask=mask)
     return out.logits if model.info.is_causal else out.last_hidden_state
 
 
