@@ -200,15 +200,20 @@ def test_ctrl_c_exits_130_and_keeps_what_finished(tmp_path, test_site):
         stderr=subprocess.PIPE,
         text=True,
     )
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:  # wait until the first analyzer is on disk
-        results = run_dir / "results.json"
-        if results.is_file() and "activation_stats" in json.loads(results.read_text())["analyzers"]:
-            break
-        time.sleep(0.2)
-    time.sleep(1.0)  # inside test_sleepy now
-    proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=120)
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:  # wait until the first analyzer is on disk
+            results = run_dir / "results.json"
+            if results.is_file() and "activation_stats" in json.loads(results.read_text())["analyzers"]:
+                break
+            time.sleep(0.2)
+        time.sleep(1.0)  # inside test_sleepy now
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:  # never leave a sleeping run behind
+            proc.kill()
+            proc.communicate()
     assert proc.returncode == 130, err
     payload = read_results(run_dir)
     assert payload["status"] == "interrupted"
