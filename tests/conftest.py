@@ -37,6 +37,21 @@ def tiny_models():
     return {name: load_model(name) for name in TINY}
 
 
+#: fixtures that load an embedded real model. A test that uses one, directly or through another
+#: fixture (`smollm2_heads`, `smollm2_pair`), is marked `slow` when collected, so
+#: `pytest -m "not slow"` is a fast tier without anyone having to remember the marker. Tests
+#: that load a real model some other way (`load_model("smollm2")`, a pipeline or CLI run with
+#: the default model) carry an explicit `@pytest.mark.slow`.
+REAL_MODEL_FIXTURES = frozenset({"smollm2", "minilm"})
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects by marker
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if REAL_MODEL_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture(scope="session")
 def smollm2():
     return load_model("smollm2")

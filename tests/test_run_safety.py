@@ -199,6 +199,8 @@ def test_ctrl_c_exits_130_and_keeps_what_finished(tmp_path, test_site):
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        # a shell's background job starts with SIGINT ignored, and a child inherits that: reset it
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     try:
         deadline = time.monotonic() + 300

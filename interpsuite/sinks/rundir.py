@@ -1,13 +1,15 @@
-"""The run directory: results.json, figures/<analyzer>/<name>.{png,pdf}, tables, config."""
+"""The run directory: results.json, figures/<analyzer>/<name>.{png,pdf,svg}, tables, config."""
 
 from __future__ import annotations
 
 import json
 import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from ..results import RESULTS_FILE, Result, to_jsonable, write_results
+from ..settings import FIGURE_FORMATS
 from .base import RunInfo, Sink
 
 _SAFE = re.compile(r"[^A-Za-z0-9_.-]+")
@@ -56,6 +58,67 @@ def distinct_names(names, suffix: str = "") -> dict[str, str]:
     return chosen
 
 
+#: the formats a figure can be saved in (`figures.formats`; RunInfo.options["figure_formats"])
+DEFAULT_FIGURE_FORMATS = ("png", "pdf")
+
+
+def save_figure(figure: Any, stem: Path, formats: Sequence[str] = DEFAULT_FIGURE_FORMATS) -> list[Path]:
+    """Write `figure` as <stem>.<format> for each format, cropped to its contents; returns the paths.
+
+    Why not `figure.savefig(path, bbox_inches="tight")` per format: for a figure with a layout
+    engine (all of FigureStyle's use constrained layout) every such call draws the figure twice
+    (once without output, to run the layout and measure the tight box, once for real), and
+    repeats it all for the next format. Text (tick labels) dominates a labelled figure's cost,
+    so here the layout runs and the box is measured once; each format then costs one draw,
+    with the layout frozen (the engine is put back afterwards) and the same box, so every
+    format shows the same picture, pixel for pixel what the plain call gives. Figures on a
+    canvas that is not Agg-based (a plugin's pyplot figure under another interactive backend)
+    are saved the plain way.
+    """
+    from matplotlib import rc_context, rcParams
+    from matplotlib.backend_bases import FigureCanvasBase
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.layout_engine import PlaceHolderLayoutEngine
+
+    unknown = [f for f in formats if f not in FIGURE_FORMATS]
+    if unknown:
+        raise ValueError(f"figure formats {unknown} not supported; choose from {list(FIGURE_FORMATS)}")
+    paths = [stem.with_name(f"{stem.name}.{suffix}") for suffix in formats]
+    if not paths:
+        return paths
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    canvas = figure.canvas
+    if type(canvas) is FigureCanvasBase:  # an unpickled or hand-made Figure: give it Agg, pyplot-free
+        canvas = FigureCanvasAgg(figure)
+    if not isinstance(canvas, FigureCanvasAgg):
+        for path in paths:
+            figure.savefig(path, bbox_inches="tight")
+        return paths
+    engine = figure.get_layout_engine()
+    if engine is not None and not isinstance(engine, PlaceHolderLayoutEngine) and figure.axes:
+        try:  # what Figure.draw would do first, without drawing every artist to no output
+            engine.execute(figure)
+        except ValueError:  # as Figure.draw: a layout that cannot be solved leaves positions as they are
+            pass
+    else:
+        figure.draw_without_rendering()  # as savefig's own measuring pass for bbox_inches="tight"
+    pad = rcParams["savefig.pad_inches"]
+    box = figure.get_tightbbox(canvas.get_renderer()).padded(pad if isinstance(pad, (int, float)) else 0.1)
+    if engine is not None:
+        # no engine at all (not "none", a placeholder): savefig then neither reruns the layout nor
+        # makes its own measuring pass; the positions just computed stay. (None would mean the
+        # rcParams' default engine if a user had set one.)
+        with rc_context({"figure.autolayout": False, "figure.constrained_layout.use": False}):
+            figure.set_layout_engine(None)
+    try:
+        for path in paths:
+            figure.savefig(path, bbox_inches=box)
+    finally:
+        if engine is not None:
+            figure.set_layout_engine(engine)
+    return paths
+
+
 class RunDirSink(Sink):
     name = "rundir"
     table_format = "csv"
@@ -89,16 +152,12 @@ class RunDirSink(Sink):
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(text, encoding="utf-8")
             entry.setdefault("artifacts", {})[name] = rel.as_posix()
+        formats = tuple(self.run.options.get("figure_formats", DEFAULT_FIGURE_FORMATS))
         figure_files = distinct_names(result.figures)
         for name, figure in result.figures.items():
-            paths = []
-            for suffix in ("png", "pdf"):
-                rel = Path("figures") / folder / f"{figure_files[name]}.{suffix}"
-                path = self.run.run_dir / rel
-                path.parent.mkdir(parents=True, exist_ok=True)
-                figure.savefig(path, bbox_inches="tight")
-                paths.append(rel.as_posix())
-            entry["figures"][name] = paths
+            rel = Path("figures") / folder / figure_files[name]
+            saved = save_figure(figure, self.run.run_dir / rel, formats)
+            entry["figures"][name] = [path.relative_to(self.run.run_dir).as_posix() for path in saved]
 
     def save(self, payload: dict[str, Any]) -> None:
         write_results(self.results_path, payload)

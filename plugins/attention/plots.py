@@ -11,6 +11,8 @@ from interpsuite.figures import FigureStyle
 
 #: Above this many cells a layer x head heatmap is not annotated with its values.
 MAX_ANNOTATED_CELLS = 300
+#: Largest side of one pattern panel in a per-head figure (inches).
+PANEL_MAX_INCHES = 5.0
 
 
 def token_label(token: str, max_chars: int = 12) -> str:
@@ -39,7 +41,9 @@ def _tick_positions(n: int, max_labels: int) -> list[int]:
 def draw_pattern(ax, matrix: np.ndarray, tokens: Sequence[str], style: FigureStyle, max_labels: int = 48):
     """One attention pattern [query, key] with token labels on both axes (0..1 colour scale)."""
     n = matrix.shape[0]
-    image = ax.imshow(matrix, cmap=style.cmap, vmin=0.0, vmax=1.0, interpolation="nearest", aspect="auto")
+    # "none": PDF/SVG embed the [q, k] matrix as it is (a 60 x 60 image, not a resampled
+    # 1,000 x 1,000 one); PNG looks the same as with "nearest"
+    image = ax.imshow(matrix, cmap=style.cmap, vmin=0.0, vmax=1.0, interpolation="none", aspect="auto")
     ticks = _tick_positions(n, max_labels)
     labels = [token_label(tokens[i]) if i < len(tokens) else str(i) for i in ticks]
     font = max(4.0, min(style.font_size - 1.0, 220.0 / max(len(ticks), 1)))
@@ -61,7 +65,10 @@ def plot_head_patterns(
     ncols = 1 if n == 1 else 2
     nrows = int(np.ceil(n / ncols))
     longest = max((p[1].shape[0] for p in panels), default=1)
-    side = float(np.clip(longest * 0.16, 3.2, 7.5))  # inches per panel: labels must stay legible
+    # inches per panel: 0.16 in per token keeps labels legible; at most 5 in, where the default
+    # 48 labels (their font shrinks with their number) still sit >= 7 pt apart. A larger panel
+    # (up to 7.5 in before) shows nothing more, and costs pixels and drawing time in every format.
+    side = float(np.clip(longest * 0.16, 3.2, PANEL_MAX_INCHES))
     fig, axes = style.figure(nrows, ncols, scale=(side * ncols / style.width, side * nrows / style.height))
     image = None
     for ax, (panel_title, matrix, tokens) in zip(axes.flat, panels, strict=False):
@@ -75,6 +82,20 @@ def plot_head_patterns(
     return fig
 
 
+def pattern_mosaic(
+    patterns: Mapping[tuple[int, int], np.ndarray], layers: Sequence[int], heads: Sequence[int], gap: int
+) -> np.ndarray:
+    """The patterns tiled into one array, a row of tiles per layer, NaN (drawn blank) between tiles."""
+    n = max((m.shape[0] for m in patterns.values()), default=1)
+    step = n + gap
+    mosaic = np.full((len(layers) * step - gap, len(heads) * step - gap), np.nan)
+    for r, layer in enumerate(layers):
+        for c, head in enumerate(heads):
+            matrix = patterns[(layer, head)]
+            mosaic[r * step : r * step + matrix.shape[0], c * step : c * step + matrix.shape[1]] = matrix
+    return mosaic
+
+
 def plot_pattern_grid(
     patterns: Mapping[tuple[int, int], np.ndarray],
     layers: Sequence[int],
@@ -82,20 +103,34 @@ def plot_pattern_grid(
     title: str,
     style: FigureStyle,
 ):
-    """Small heatmaps of one text's pattern, a row per layer and a column per head."""
+    """Small heatmaps of one text's pattern, a row per layer and a column per head.
+
+    Drawn as one image of tiles in one Axes rather than an Axes per head: a 30-layer model
+    has 270 heads, and 270 Axes cost seconds of layout and drawing per saved format for what
+    is the same picture (tiles, each labelled with its head and layer).
+    """
+    from matplotlib.collections import PatchCollection
+    from matplotlib.patches import Rectangle
+
     cell = 0.9 if len(layers) * len(heads) <= 120 else 0.75
     width, height = max(len(heads) * cell + 0.8, 3.0), max(len(layers) * cell + 0.8, 2.5)
-    fig, axes = style.figure(len(layers), len(heads), scale=(width / style.width, height / style.height))
-    for r, layer in enumerate(layers):
-        for c, head in enumerate(heads):
-            ax = axes[r, c]
-            ax.imshow(patterns[(layer, head)], cmap=style.cmap, vmin=0.0, vmax=1.0, interpolation="nearest")
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if r == 0:
-                ax.set_title(f"H{head}", fontsize=style.font_size - 1)
-            if c == 0:
-                ax.set_ylabel(f"L{layer}", fontsize=style.font_size - 1, rotation=0, labelpad=12, va="center")
+    fig, axes = style.figure(1, 1, scale=(width / style.width, height / style.height))
+    ax = axes[0, 0]
+    n = max((m.shape[0] for m in patterns.values()), default=1)
+    gap = max(1, round(n / 12))
+    mosaic = pattern_mosaic(patterns, layers, heads, gap)
+    ax.imshow(mosaic, cmap=style.cmap, vmin=0.0, vmax=1.0, interpolation="none")
+    step = n + gap
+    frames = [Rectangle((c * step - 0.5, r * step - 0.5), n, n) for r in range(len(layers)) for c in range(len(heads))]
+    ax.add_collection(PatchCollection(frames, facecolor="none", edgecolor="black", linewidth=0.8))
+    centres = (n - 1) / 2 + step * np.arange(max(len(layers), len(heads)))
+    size = style.font_size - 1
+    ax.set_xticks(centres[: len(heads)], [f"H{head}" for head in heads], fontsize=size)
+    ax.set_yticks(centres[: len(layers)], [f"L{layer}" for layer in layers], fontsize=size)
+    ax.xaxis.tick_top()
+    ax.tick_params(length=0)
+    for spine in ax.spines.values():
+        spine.set_visible(False)
     fig.suptitle(title)
     return fig
 
@@ -116,7 +151,7 @@ def plot_layer_head_heatmap(
     height = float(np.clip(n_layers * 0.3 + 1.5, 2.5, 12.0))
     fig, axes = style.figure(1, 1, scale=(width / style.width, height / style.height))
     ax = axes[0, 0]
-    image = ax.imshow(values, cmap=style.cmap, vmin=vmin, vmax=vmax, aspect="auto", interpolation="nearest")
+    image = ax.imshow(values, cmap=style.cmap, vmin=vmin, vmax=vmax, aspect="auto", interpolation="none")
     ax.set_xticks(range(n_heads), [str(h) for h in heads])
     step = 1 if n_layers <= 32 else int(np.ceil(n_layers / 32))
     ax.set_yticks(range(0, n_layers, step), [str(layers[i]) for i in range(0, n_layers, step)])
