@@ -58,7 +58,7 @@ def distinct_names(names, suffix: str = "") -> dict[str, str]:
     return chosen
 
 
-#: the formats a figure can be saved in (`figures.formats`; RunInfo.options["figure_formats"])
+#: what is saved when `figures.formats` is not given (settings.FIGURE_FORMATS lists every format)
 DEFAULT_FIGURE_FORMATS = ("png", "pdf")
 
 
