@@ -1,0 +1,8 @@
+"""Probing family (issue 11): what information a layer holds, and how layers and models relate.
+
+The engines come first and are plain Python APIs: `similarity` (CKA in its biased and
+debiased forms, RBF CKA, RSA) and `probes` (per-layer linear probes with control tasks).
+The analyzers (`linear_probe`, `concept_direction`, `bias_probe`,
+`representation_similarity`, `cross_lingual`) are thin layers over them and register
+through the `interpsuite` entry point like every other family.
+"""
