@@ -6,3 +6,16 @@ The analyzers (`linear_probe`, `concept_direction`, `bias_probe`,
 `representation_similarity`, `cross_lingual`) are thin layers over them and register
 through the `interpsuite` entry point like every other family.
 """
+
+from __future__ import annotations
+
+from interpsuite.hookspecs import hookimpl
+
+from .._family import collect_analyzers
+
+MODULES: tuple[str, ...] = ("representation",)
+
+
+@hookimpl
+def interpsuite_analyzers():
+    return collect_analyzers(__name__, MODULES)
