@@ -28,7 +28,7 @@ if TYPE_CHECKING:  # pragma: no cover - the same names as _EXPORTS, for type che
     from .hooks import Intervention
     from .hookspecs import hookimpl
     from .models import ForwardResult, HookedModel, ModelInfo, TokenBatch, load_model, wrap
-    from .models.adapters import Adapter
+    from .models.adapters import Adapter, ModulePaths
     from .pipeline import InterpretabilityPipeline
     from .reductions import TokenMean, TokenMeans, layer_hooks, masked_mean, masked_sum, per_layer, real_tokens
     from .results import Check, Result, read_results
@@ -43,7 +43,7 @@ _SOURCES: dict[str, tuple[str, ...]] = {
     "hooks": ("Intervention",),
     "hookspecs": ("hookimpl",),
     "models": ("ForwardResult", "HookedModel", "ModelInfo", "TokenBatch", "load_model", "wrap"),
-    "models.adapters": ("Adapter",),
+    "models.adapters": ("Adapter", "ModulePaths"),
     "pipeline": ("InterpretabilityPipeline",),
     "reductions": ("TokenMean", "TokenMeans", "layer_hooks", "masked_mean", "masked_sum", "per_layer", "real_tokens"),
     "results": ("Check", "Result", "read_results"),
@@ -68,6 +68,7 @@ __all__ = [
     "Intervention",
     "ModelInfo",
     "ModelNotFoundError",
+    "ModulePaths",
     "NoConfig",
     "PluginError",
     "Result",

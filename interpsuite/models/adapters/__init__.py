@@ -8,7 +8,7 @@ model_type that a built-in also handles wins: that is how a package fixes or ext
 from __future__ import annotations
 
 from ...errors import ConfigError
-from .base import Adapter
+from .base import Adapter, ModulePaths
 from .bert import BertAdapter
 from .gemma2 import Gemma2Adapter
 from .gpt2 import GPT2Adapter
@@ -48,4 +48,4 @@ def adapter_for(model_type: str) -> type[Adapter]:
     )
 
 
-__all__ = ["BUILTIN_ADAPTERS", "Adapter", "adapter_for", "registered_adapters"]
+__all__ = ["BUILTIN_ADAPTERS", "Adapter", "ModulePaths", "adapter_for", "registered_adapters"]

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import dataclasses
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from operator import attrgetter
 from typing import Any, ClassVar
 
 import torch
@@ -52,6 +54,32 @@ def derived_resid_mid(layer: int) -> tuple:
         return canonical - call.state.values[name]
 
     return read, write
+
+
+@dataclass(frozen=True)
+class ModulePaths:
+    """Where an architecture keeps each module, as dotted attribute paths.
+
+    Architectures differ in names, not in structure, so an adapter declares names and the base
+    class resolves them (one resolver, not one method per module per adapter). `blocks` and
+    `final` are looked up under the first of `prefixes` that has the blocks (BERT is loaded
+    bare or inside a task head); `unembed` under the loaded model; the rest inside one block.
+    """
+
+    blocks: str  # the ModuleList of blocks, e.g. "model.layers"
+    attention: str  # the module that calls the attention function
+    attn_z_proj: str  # the projection whose input is attn.z
+    mlp: str  # the module whose output is mlp.out (added to the residual)
+    mlp_pre_proj: str  # output is mlp.pre (the gate projection of gated MLPs)
+    mlp_post_proj: str  # input is mlp.post
+    ln1: str
+    ln2: str
+    final: str | None  # the final norm; None: the last block's output is the final hidden state
+    unembed: str | None = "lm_head"  # None for encoders
+    attn_out: str | None = None  # output is attn.out; None: the attention module's output
+    mlp_up_proj: str | None = None  # output is mlp.up (gated MLPs)
+    resid_mid: str | None = None  # a module whose output is resid_mid (post-norm); None: derived
+    prefixes: tuple[str, ...] = ("",)
 
 
 class Adapter(ABC):
@@ -96,57 +124,91 @@ class Adapter(ABC):
         return dataclasses.replace(cls.info_from_config(name, config), **cls.capabilities(config))
 
     # --- what each architecture names -------------------------------------------------
-    @abstractmethod
+    #: where the modules live (see ModulePaths); an adapter may instead override the methods below
+    module_paths: ClassVar[ModulePaths | None] = None
+
+    @property
+    def paths(self) -> ModulePaths:
+        if self.module_paths is None:
+            raise HookError(
+                f"adapter {type(self).__name__} sets no `module_paths`; set a ModulePaths or override "
+                f"layer_list, attention_module, ... (docs/plugins.md)"
+            )
+        return self.module_paths
+
+    def _root(self) -> nn.Module:
+        """The first of `paths.prefixes` under which the blocks exist (a bare or a headed model)."""
+        for prefix in self.paths.prefixes:
+            try:
+                root = attrgetter(prefix)(self.hf_model) if prefix else self.hf_model
+                attrgetter(self.paths.blocks)(root)
+            except AttributeError:
+                continue
+            return root
+        raise HookError(f"{type(self.hf_model).__name__} has no {self.paths.blocks!r} under {self.paths.prefixes}")
+
+    def _in_block(self, layer: int, path: str) -> nn.Module:
+        return attrgetter(path)(self.blocks()[layer])
+
     def layer_list(self) -> tuple[nn.Module, str]:
         """(owner, attribute) of the ModuleList of blocks, e.g. (model.model, "layers")."""
+        owner, _, attribute = self.paths.blocks.rpartition(".")
+        root = self._root()
+        return (attrgetter(owner)(root) if owner else root), attribute
 
-    @abstractmethod
     def attention_module(self, layer: int) -> nn.Module:
         """The module that calls the attention function (q, k, v, scores, pattern live there)."""
+        return self._in_block(layer, self.paths.attention)
 
-    @abstractmethod
     def attention_output_projection(self, layer: int) -> nn.Module:
         """The projection whose input is `attn.z`."""
+        return self._in_block(layer, self.paths.attn_z_proj)
 
     def attention_out_module(self, layer: int) -> nn.Module:
         """The module whose (first) output is `attn.out`, the value added to the residual."""
-        return self.attention_module(layer)
+        paths = self.module_paths
+        if paths is None or paths.attn_out is None:  # also for adapters that override the methods
+            return self.attention_module(layer)
+        return self._in_block(layer, paths.attn_out)
 
-    @abstractmethod
     def mlp_module(self, layer: int) -> nn.Module:
         """The module whose output is `mlp.out`, the value added to the residual."""
+        return self._in_block(layer, self.paths.mlp)
 
-    @abstractmethod
     def mlp_input_projection(self, layer: int) -> nn.Module:
         """The projection whose output is `mlp.pre` (the gate projection of gated MLPs)."""
+        return self._in_block(layer, self.paths.mlp_pre_proj)
 
     def mlp_up_projection(self, layer: int) -> nn.Module | None:
         """The up projection of gated MLPs (`mlp.up`); None elsewhere."""
-        return None
+        paths = self.module_paths
+        return self._in_block(layer, paths.mlp_up_proj) if paths and paths.mlp_up_proj else None
 
-    @abstractmethod
     def mlp_output_projection(self, layer: int) -> nn.Module:
         """The projection whose input is `mlp.post`."""
+        return self._in_block(layer, self.paths.mlp_post_proj)
 
-    @abstractmethod
     def ln1(self, layer: int) -> nn.Module:
         """The norm before attention (pre-norm) or after it (post-norm)."""
+        return self._in_block(layer, self.paths.ln1)
 
-    @abstractmethod
     def ln2(self, layer: int) -> nn.Module:
         """The norm before the MLP (pre-norm) or after it (post-norm)."""
+        return self._in_block(layer, self.paths.ln2)
 
-    @abstractmethod
     def final_module(self) -> nn.Module | None:
         """The final norm, or None where the last block's output is the final hidden state."""
+        return attrgetter(self.paths.final)(self._root()) if self.paths.final else None
 
     def resid_mid_module(self, layer: int) -> nn.Module | None:
         """A module whose output *is* resid_mid (post-norm models); None: derived from attn.out."""
-        return None
+        paths = self.module_paths
+        return self._in_block(layer, paths.resid_mid) if paths and paths.resid_mid else None
 
     def unembed_module(self) -> nn.Module | None:
         """The unembedding (lm_head) of causal LMs; None for encoders."""
-        return None
+        paths = self.module_paths
+        return attrgetter(paths.unembed)(self.hf_model) if paths and paths.unembed else None
 
     def blocks(self) -> nn.ModuleList:
         owner, attribute = self.layer_list()

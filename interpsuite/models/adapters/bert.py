@@ -12,10 +12,8 @@ after their LayerNorm; `final` equals the last block's `resid_post`; there is no
 
 from __future__ import annotations
 
-from torch import nn
-
 from ..info import ModelInfo
-from .base import Adapter
+from .base import Adapter, ModulePaths
 
 
 class BertAdapter(Adapter):
@@ -43,39 +41,18 @@ class BertAdapter(Adapter):
             max_positions=config.max_position_embeddings,
         )
 
-    @property
-    def _body(self) -> nn.Module:
-        return getattr(self.hf_model, "bert", self.hf_model)
-
-    def layer_list(self) -> tuple[nn.Module, str]:
-        return self._body.encoder, "layer"
-
-    def attention_module(self, layer: int) -> nn.Module:
-        return self.blocks()[layer].attention.self
-
-    def attention_output_projection(self, layer: int) -> nn.Module:
-        return self.blocks()[layer].attention.output.dense
-
-    def attention_out_module(self, layer: int) -> nn.Module:
-        return self.blocks()[layer].attention.output.dense
-
-    def resid_mid_module(self, layer: int) -> nn.Module:
-        return self.blocks()[layer].attention
-
-    def mlp_module(self, layer: int) -> nn.Module:
-        return self.blocks()[layer].output.dense
-
-    def mlp_input_projection(self, layer: int) -> nn.Module:
-        return self.blocks()[layer].intermediate.dense
-
-    def mlp_output_projection(self, layer: int) -> nn.Module:
-        return self.blocks()[layer].output.dense
-
-    def ln1(self, layer: int) -> nn.Module:
-        return self.blocks()[layer].attention.output.LayerNorm
-
-    def ln2(self, layer: int) -> nn.Module:
-        return self.blocks()[layer].output.LayerNorm
-
-    def final_module(self) -> None:
-        return None
+    module_paths = ModulePaths(
+        prefixes=("bert", ""),  # inside a task head, or the bare BertModel
+        blocks="encoder.layer",
+        attention="attention.self",
+        attn_z_proj="attention.output.dense",
+        attn_out="attention.output.dense",
+        resid_mid="attention",
+        mlp="output.dense",
+        mlp_pre_proj="intermediate.dense",
+        mlp_post_proj="output.dense",
+        ln1="attention.output.LayerNorm",
+        ln2="output.LayerNorm",
+        final=None,
+        unembed=None,
+    )

@@ -30,10 +30,10 @@ What differs from Llama, and how the vocabulary maps onto it:
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import torch
-from torch import nn
 
 from ...hooks import HookSite, SiteCall
 from .llama import LlamaAdapter
@@ -63,14 +63,12 @@ class Gemma2Adapter(LlamaAdapter):
         cap = getattr(config, "final_logit_softcapping", None)
         return {**super().capabilities(config), "logit_softcap": float(cap) if cap else None}
 
-    def attention_out_module(self, layer: int) -> nn.Module:
-        return self.blocks()[layer].post_attention_layernorm
-
-    def mlp_module(self, layer: int) -> nn.Module:
-        return self.blocks()[layer].post_feedforward_layernorm
-
-    def ln2(self, layer: int) -> nn.Module:
-        return self.blocks()[layer].pre_feedforward_layernorm
+    module_paths = dataclasses.replace(
+        LlamaAdapter.module_paths,
+        attn_out="post_attention_layernorm",
+        mlp="post_feedforward_layernorm",
+        ln2="pre_feedforward_layernorm",
+    )
 
     def build_sites(self) -> dict[str, HookSite]:
         sites = super().build_sites()

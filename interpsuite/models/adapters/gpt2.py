@@ -7,10 +7,8 @@ output of `c_fc` before the GELU.
 
 from __future__ import annotations
 
-from torch import nn
-
 from ..info import ModelInfo
-from .base import Adapter
+from .base import Adapter, ModulePaths
 
 
 class GPT2Adapter(Adapter):
@@ -35,36 +33,14 @@ class GPT2Adapter(Adapter):
             max_positions=config.n_positions,
         )
 
-    @property
-    def _body(self) -> nn.Module:
-        return self.hf_model.transformer
-
-    def layer_list(self) -> tuple[nn.Module, str]:
-        return self._body, "h"
-
-    def attention_module(self, layer: int) -> nn.Module:
-        return self.blocks()[layer].attn
-
-    def attention_output_projection(self, layer: int) -> nn.Module:
-        return self.blocks()[layer].attn.c_proj
-
-    def mlp_module(self, layer: int) -> nn.Module:
-        return self.blocks()[layer].mlp
-
-    def mlp_input_projection(self, layer: int) -> nn.Module:
-        return self.blocks()[layer].mlp.c_fc
-
-    def mlp_output_projection(self, layer: int) -> nn.Module:
-        return self.blocks()[layer].mlp.c_proj
-
-    def ln1(self, layer: int) -> nn.Module:
-        return self.blocks()[layer].ln_1
-
-    def ln2(self, layer: int) -> nn.Module:
-        return self.blocks()[layer].ln_2
-
-    def final_module(self) -> nn.Module:
-        return self._body.ln_f
-
-    def unembed_module(self) -> nn.Module:
-        return self.hf_model.lm_head
+    module_paths = ModulePaths(
+        blocks="transformer.h",
+        attention="attn",
+        attn_z_proj="attn.c_proj",
+        mlp="mlp",
+        mlp_pre_proj="mlp.c_fc",
+        mlp_post_proj="mlp.c_proj",
+        ln1="ln_1",
+        ln2="ln_2",
+        final="transformer.ln_f",
+    )

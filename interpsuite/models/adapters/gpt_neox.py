@@ -24,10 +24,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from torch import nn
-
 from ..info import ModelInfo
-from .base import Adapter
+from .base import Adapter, ModulePaths
 
 
 class GPTNeoXAdapter(Adapter):
@@ -57,40 +55,16 @@ class GPTNeoXAdapter(Adapter):
         # the config decides: Pythia is parallel, some NeoX fine-tunes are not
         return {**super().capabilities(config), "parallel_blocks": bool(getattr(config, "use_parallel_residual", True))}
 
-    @property
-    def _body(self) -> nn.Module:
-        return self.hf_model.gpt_neox
-
-    def layer_list(self) -> tuple[nn.Module, str]:
-        return self._body, "layers"
-
-    def attention_module(self, layer: int) -> nn.Module:
-        return self.blocks()[layer].attention
-
-    def attention_output_projection(self, layer: int) -> nn.Module:
-        return self.blocks()[layer].attention.dense
-
-    def attention_out_module(self, layer: int) -> nn.Module:
+    module_paths = ModulePaths(
+        blocks="gpt_neox.layers",
+        attention="attention",
+        attn_z_proj="attention.dense",
         # the attention module returns (output, weights); the dropout after it is what is added
-        return self.blocks()[layer].post_attention_dropout
-
-    def mlp_module(self, layer: int) -> nn.Module:
-        return self.blocks()[layer].post_mlp_dropout
-
-    def mlp_input_projection(self, layer: int) -> nn.Module:
-        return self.blocks()[layer].mlp.dense_h_to_4h
-
-    def mlp_output_projection(self, layer: int) -> nn.Module:
-        return self.blocks()[layer].mlp.dense_4h_to_h
-
-    def ln1(self, layer: int) -> nn.Module:
-        return self.blocks()[layer].input_layernorm
-
-    def ln2(self, layer: int) -> nn.Module:
-        return self.blocks()[layer].post_attention_layernorm
-
-    def final_module(self) -> nn.Module:
-        return self._body.final_layer_norm
-
-    def unembed_module(self) -> nn.Module:
-        return self.hf_model.lm_head
+        attn_out="post_attention_dropout",
+        mlp="post_mlp_dropout",
+        mlp_pre_proj="mlp.dense_h_to_4h",
+        mlp_post_proj="mlp.dense_4h_to_h",
+        ln1="input_layernorm",
+        ln2="post_attention_layernorm",
+        final="gpt_neox.final_layer_norm",
+    )

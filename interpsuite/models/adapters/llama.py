@@ -8,10 +8,8 @@ act(gate) * up, the input of `down_proj`.
 
 from __future__ import annotations
 
-from torch import nn
-
 from ..info import ModelInfo
-from .base import Adapter
+from .base import Adapter, ModulePaths
 
 
 class LlamaAdapter(Adapter):
@@ -37,39 +35,15 @@ class LlamaAdapter(Adapter):
             max_positions=config.max_position_embeddings,
         )
 
-    @property
-    def _body(self) -> nn.Module:
-        return self.hf_model.model
-
-    def layer_list(self) -> tuple[nn.Module, str]:
-        return self._body, "layers"
-
-    def attention_module(self, layer: int) -> nn.Module:
-        return self.blocks()[layer].self_attn
-
-    def attention_output_projection(self, layer: int) -> nn.Module:
-        return self.blocks()[layer].self_attn.o_proj
-
-    def mlp_module(self, layer: int) -> nn.Module:
-        return self.blocks()[layer].mlp
-
-    def mlp_input_projection(self, layer: int) -> nn.Module:
-        return self.blocks()[layer].mlp.gate_proj
-
-    def mlp_up_projection(self, layer: int) -> nn.Module:
-        return self.blocks()[layer].mlp.up_proj
-
-    def mlp_output_projection(self, layer: int) -> nn.Module:
-        return self.blocks()[layer].mlp.down_proj
-
-    def ln1(self, layer: int) -> nn.Module:
-        return self.blocks()[layer].input_layernorm
-
-    def ln2(self, layer: int) -> nn.Module:
-        return self.blocks()[layer].post_attention_layernorm
-
-    def final_module(self) -> nn.Module:
-        return self._body.norm
-
-    def unembed_module(self) -> nn.Module:
-        return self.hf_model.lm_head
+    module_paths = ModulePaths(
+        blocks="model.layers",
+        attention="self_attn",
+        attn_z_proj="self_attn.o_proj",
+        mlp="mlp",
+        mlp_pre_proj="mlp.gate_proj",
+        mlp_up_proj="mlp.up_proj",
+        mlp_post_proj="mlp.down_proj",
+        ln1="input_layernorm",
+        ln2="post_attention_layernorm",
+        final="model.norm",
+    )

@@ -23,9 +23,19 @@ from pathlib import Path
 
 import pandas as pd
 import torch
-from torch import nn
 
-from interpsuite import Adapter, Analyzer, ConfigError, ModelInfo, Result, RunContext, TokenMean, check_layers, hookimpl
+from interpsuite import (
+    Adapter,
+    Analyzer,
+    ConfigError,
+    ModelInfo,
+    ModulePaths,
+    Result,
+    RunContext,
+    TokenMean,
+    check_layers,
+    hookimpl,
+)
 
 __version__ = "0.1.0"
 
@@ -133,38 +143,18 @@ class StableLmAdapter(Adapter):
             max_positions=config.max_position_embeddings,
         )
 
-    def layer_list(self) -> tuple[nn.Module, str]:
-        return self.hf_model.model, "layers"
-
-    def attention_module(self, layer: int) -> nn.Module:
-        return self.blocks()[layer].self_attn
-
-    def attention_output_projection(self, layer: int) -> nn.Module:
-        return self.blocks()[layer].self_attn.o_proj
-
-    def mlp_module(self, layer: int) -> nn.Module:
-        return self.blocks()[layer].dropout
-
-    def mlp_input_projection(self, layer: int) -> nn.Module:
-        return self.blocks()[layer].mlp.gate_proj
-
-    def mlp_up_projection(self, layer: int) -> nn.Module:
-        return self.blocks()[layer].mlp.up_proj
-
-    def mlp_output_projection(self, layer: int) -> nn.Module:
-        return self.blocks()[layer].mlp.down_proj
-
-    def ln1(self, layer: int) -> nn.Module:
-        return self.blocks()[layer].input_layernorm
-
-    def ln2(self, layer: int) -> nn.Module:
-        return self.blocks()[layer].post_attention_layernorm
-
-    def final_module(self) -> nn.Module:
-        return self.hf_model.model.norm
-
-    def unembed_module(self) -> nn.Module:
-        return self.hf_model.lm_head
+    module_paths = ModulePaths(
+        blocks="model.layers",
+        attention="self_attn",
+        attn_z_proj="self_attn.o_proj",
+        mlp="dropout",  # the block's dropout after the MLP: its output is what is added
+        mlp_pre_proj="mlp.gate_proj",
+        mlp_up_proj="mlp.up_proj",
+        mlp_post_proj="mlp.down_proj",
+        ln1="input_layernorm",
+        ln2="post_attention_layernorm",
+        final="model.norm",
+    )
 
 
 @hookimpl
