@@ -10,7 +10,7 @@ A third-party package adds an architecture by returning its Adapter subclass fro
 from __future__ import annotations
 
 import dataclasses
-from abc import ABC, abstractmethod
+from abc import ABC
 from dataclasses import dataclass
 from operator import attrgetter
 from typing import Any, ClassVar
@@ -105,10 +105,26 @@ class Adapter(ABC):
         self.sites = self.build_sites()
 
     # --- static description -------------------------------------------------------------
-    @staticmethod
-    @abstractmethod
-    def info_from_config(name: str, config) -> ModelInfo:
-        """ModelInfo from a transformers config (no weights needed; flags filled by `describe`)."""
+    @classmethod
+    def info_from_config(cls, name: str, config) -> ModelInfo:
+        """ModelInfo from a transformers config (no weights needed; flags filled by `describe`).
+
+        Reads the field names most transformers configs share (num_hidden_layers, hidden_size,
+        ...); an architecture with other names (GPT-2's n_layer, n_embd) overrides this."""
+        n_heads = config.num_attention_heads
+        return ModelInfo(
+            name=name,
+            architecture=cls.architecture,
+            n_layers=config.num_hidden_layers,
+            n_heads=n_heads,
+            n_kv_heads=getattr(config, "num_key_value_heads", None) or n_heads,
+            d_model=config.hidden_size,
+            d_head=getattr(config, "head_dim", None) or config.hidden_size // n_heads,
+            d_mlp=config.intermediate_size,
+            vocab_size=config.vocab_size,
+            is_causal=cls.auto_class != "AutoModel",
+            max_positions=config.max_position_embeddings,
+        )
 
     @classmethod
     def capabilities(cls, config) -> dict[str, Any]:

@@ -12,7 +12,6 @@ after their LayerNorm; `final` equals the last block's `resid_post`; there is no
 
 from __future__ import annotations
 
-from ..info import ModelInfo
 from .base import Adapter, ModulePaths
 
 
@@ -23,23 +22,6 @@ class BertAdapter(Adapter):
     post_norm = True
     has_final_norm = False
     auto_class = "AutoModel"
-
-    @classmethod
-    def info_from_config(cls, name: str, config) -> ModelInfo:
-        d_model = config.hidden_size
-        return ModelInfo(
-            name=name,
-            architecture=cls.architecture,
-            n_layers=config.num_hidden_layers,
-            n_heads=config.num_attention_heads,
-            n_kv_heads=config.num_attention_heads,
-            d_model=d_model,
-            d_head=d_model // config.num_attention_heads,
-            d_mlp=config.intermediate_size,
-            vocab_size=config.vocab_size,
-            is_causal=False,
-            max_positions=config.max_position_embeddings,
-        )
 
     module_paths = ModulePaths(
         prefixes=("bert", ""),  # inside a task head, or the bare BertModel

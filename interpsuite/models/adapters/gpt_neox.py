@@ -24,7 +24,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..info import ModelInfo
 from .base import Adapter, ModulePaths
 
 
@@ -32,23 +31,6 @@ class GPTNeoXAdapter(Adapter):
     architecture = "gpt_neox"
     model_types = ("gpt_neox",)
     norm_kind = "layer"
-
-    @classmethod
-    def info_from_config(cls, name: str, config) -> ModelInfo:
-        n_heads = config.num_attention_heads
-        return ModelInfo(
-            name=name,
-            architecture=cls.architecture,
-            n_layers=config.num_hidden_layers,
-            n_heads=n_heads,
-            n_kv_heads=n_heads,
-            d_model=config.hidden_size,
-            d_head=config.hidden_size // n_heads,
-            d_mlp=config.intermediate_size,
-            vocab_size=config.vocab_size,
-            is_causal=True,
-            max_positions=config.max_position_embeddings,
-        )
 
     @classmethod
     def capabilities(cls, config) -> dict[str, Any]:

@@ -8,7 +8,6 @@ act(gate) * up, the input of `down_proj`.
 
 from __future__ import annotations
 
-from ..info import ModelInfo
 from .base import Adapter, ModulePaths
 
 
@@ -17,23 +16,6 @@ class LlamaAdapter(Adapter):
     model_types = ("llama",)
     norm_kind = "rms"
     gated_mlp = True
-
-    @classmethod
-    def info_from_config(cls, name: str, config) -> ModelInfo:
-        n_heads = config.num_attention_heads
-        return ModelInfo(
-            name=name,
-            architecture=cls.architecture,
-            n_layers=config.num_hidden_layers,
-            n_heads=n_heads,
-            n_kv_heads=getattr(config, "num_key_value_heads", None) or n_heads,
-            d_model=config.hidden_size,
-            d_head=getattr(config, "head_dim", None) or config.hidden_size // n_heads,
-            d_mlp=config.intermediate_size,
-            vocab_size=config.vocab_size,
-            is_causal=True,
-            max_positions=config.max_position_embeddings,
-        )
 
     module_paths = ModulePaths(
         blocks="model.layers",

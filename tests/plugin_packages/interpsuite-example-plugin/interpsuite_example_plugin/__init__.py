@@ -128,20 +128,7 @@ class StableLmAdapter(Adapter):
             raise ConfigError(
                 f"{name}: StableLM with use_parallel_residual shares one norm; this adapter needs sequential blocks"
             )
-        n_heads = config.num_attention_heads
-        return ModelInfo(
-            name=name,
-            architecture=cls.architecture,
-            n_layers=config.num_hidden_layers,
-            n_heads=n_heads,
-            n_kv_heads=config.num_key_value_heads or n_heads,
-            d_model=config.hidden_size,
-            d_head=config.hidden_size // n_heads,
-            d_mlp=config.intermediate_size,
-            vocab_size=config.vocab_size,
-            is_causal=True,
-            max_positions=config.max_position_embeddings,
-        )
+        return super().info_from_config(name, config)  # the usual config field names
 
     module_paths = ModulePaths(
         blocks="model.layers",
