@@ -58,6 +58,22 @@ class Analyzer(ABC):
         """The analysis: read `ctx.model` through captures/interventions, return a Result."""
 
 
+def resolve_config(analyzer: Analyzer, info: ModelInfo) -> Any:
+    """Call `validate`; a config it returns (layers resolved, say) becomes `analyzer.cfg`, so
+    `run` never validates twice. The pipeline and `interpsuite.testing` both go through here."""
+    resolved = analyzer.validate(info, analyzer.cfg)
+    if resolved is not None:
+        if not isinstance(resolved, type(analyzer.cfg)):
+            from .errors import PluginError
+
+            raise PluginError(
+                f"{analyzer.name}.validate() returned {type(resolved).__name__}; return the resolved "
+                f"{type(analyzer.cfg).__name__} or None"
+            )
+        analyzer.cfg = resolved
+    return analyzer.cfg
+
+
 def build_config(analyzer: type[Analyzer], options: Any) -> Any:
     """Options (dict / DictConfig / None) -> the analyzer's Config dataclass, validated."""
     schema = OmegaConf.structured(analyzer.Config)

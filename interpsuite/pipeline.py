@@ -25,9 +25,9 @@ import numpy as np
 import torch
 
 from . import __version__
-from .analyzer import Analyzer, RunContext, build_config
+from .analyzer import Analyzer, RunContext, build_config, resolve_config
 from .data import DataConfig, Inputs, as_data_config, load_inputs, validate_data_config
-from .errors import AnalyzerError, ConfigError, PluginError
+from .errors import AnalyzerError, ConfigError
 from .models import HookedModel, ModelInfo, describe_model
 from .models.loading import load_model
 from .models.placement import resolve_placement
@@ -256,15 +256,7 @@ class InterpretabilityPipeline:
         }
         planned = [item for item in planned if item.name not in skipped]
         for item in planned:
-            resolved = item.analyzer.validate(info, item.config)
-            if resolved is not None:  # the analyzer resolved its config (layers, heads): run() gets that one
-                if not isinstance(resolved, type(item.config)):
-                    raise PluginError(
-                        f"{item.name}.validate() returned {type(resolved).__name__}; return the resolved "
-                        f"{type(item.config).__name__} or None"
-                    )
-                item.config = resolved
-                item.analyzer.cfg = resolved
+            item.config = resolve_config(item.analyzer, info)  # run() gets the resolved config
         inputs = load_inputs(self.data, self.registry.datasets)
         run_dir = check_writable_dir(self._run_dir(), "run directory", create=False)
         return RunPlan(info, inputs, planned, skipped, run_dir)

@@ -128,9 +128,9 @@ def run_analyzer(
     (`reraise=True` raises it instead, with its traceback). With `run_dir`, the result also
     goes through the run-directory sink, so files and results.json can be checked.
     """
-    from .analyzer import RunContext, build_config
+    from .analyzer import RunContext, build_config, resolve_config
     from .data import Inputs
-    from .errors import AnalyzerError, ConfigError, PluginError
+    from .errors import AnalyzerError, ConfigError
     from .models import HookedModel
     from .results import Result
 
@@ -144,14 +144,7 @@ def run_analyzer(
     if cls.requires_causal_lm and not info.is_causal:
         raise ConfigError(f"analyzer {cls.name} needs a causal LM; {info.name} is an encoder")
     instance = cls(cfg)
-    resolved = instance.validate(info, cfg)
-    if resolved is not None:  # as the pipeline does: run() reads the resolved config as self.cfg
-        if not isinstance(resolved, type(cfg)):
-            raise PluginError(
-                f"{cls.name}.validate() returned {type(resolved).__name__}; return the resolved "
-                f"{type(cfg).__name__} or None"
-            )
-        instance.cfg = resolved
+    resolve_config(instance, info)  # as the pipeline does: run() reads the resolved config as self.cfg
     path = Path(run_dir) if run_dir is not None else None
     ctx = RunContext(hooked, inputs, batch_size, max_length, seed, show_progress=False, run_dir=path)
     _seed(seed)

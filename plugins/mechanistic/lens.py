@@ -189,7 +189,9 @@ class LogitLens(Analyzer):
                             "settle_layer": settle(layers, matches),
                         }
                     )
-        return self._result(ctx, cfg, layers, stats, top_rows, per_text, grid, last_err, norm_err, last_kl)
+        result = self._result(ctx, cfg, layers, stats, top_rows, per_text, grid, last_err, norm_err, last_kl)
+        result.summary["target_note"] = target_note
+        return result
 
     def _result(self, ctx, cfg, layers, stats, top_rows, per_text, grid, last_err, norm_err, last_kl) -> Result:
         model = ctx.model
@@ -256,7 +258,6 @@ class LogitLens(Analyzer):
         result.figures["kl_by_layer"] = plot_kl_by_layer(layer_table, model.info.name, ctx.style)
         result.summary = {
             "target": target_label,
-            "target_note": ctx.model.token_id(cfg.target, f"{self.name} target")[1] if cfg.target else "",
             "layers": [layer_label(L) for L in layers],
             "tokens": int(next(iter(stats.values())).tokens),
             "texts": [
