@@ -58,12 +58,19 @@ def _new_plugin(args: argparse.Namespace) -> int:
     return new_plugin_command(args.name, args.dest)
 
 
+def _compare(args: argparse.Namespace) -> int:
+    from .compare import compare_command
+
+    return compare_command(args.run_dirs, args.out)
+
+
 COMMANDS = {
     "plugins": _plugins,
     "models": _models,
     "experiments": _experiments,
     "cache": _cache,
     "new-plugin": _new_plugin,
+    "compare": _compare,
 }
 
 
@@ -84,6 +91,9 @@ def build_parser() -> argparse.ArgumentParser:
     scaffold = sub.add_parser("new-plugin", help="scaffold a plugin package with an analyzer, config and tests")
     scaffold.add_argument("name", help="plugin name, e.g. token_norms")
     scaffold.add_argument("--dest", default=None, help="parent folder (default: the current folder)")
+    compare = sub.add_parser("compare", help="one HTML report comparing finished runs of different models")
+    compare.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run directories (or one multirun folder)")
+    compare.add_argument("--out", default="comparison", help="output folder (default: ./comparison)")
     sub.add_parser("run", help="run an experiment (same as python -m interpsuite ...)")
     return parser
 

@@ -10,12 +10,11 @@ from interpsuite_plugins.mechanistic.steering import (
     Steering,
     contrast_direction,
     greedy_generate,
-    read_direction,
-    write_direction,
 )
 
 from interpsuite.analyzer import RunContext, build_config
 from interpsuite.data import Inputs
+from interpsuite.directions import read_direction, write_direction
 from interpsuite.errors import ConfigError
 from interpsuite.hooks import Intervention
 

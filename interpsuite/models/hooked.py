@@ -327,6 +327,24 @@ class HookedModel:
             encoded = self.tokenizer(list(texts), truncation=False)
         return [len(ids) for ids in encoded["input_ids"]]
 
+    def token_offsets(self, texts: Sequence[str], max_length: int | None = None) -> list[list[tuple[int, int]]]:
+        """Character span of every token `tokenize` makes of each text (special tokens: (0, 0)).
+
+        Word-level analyses (a tag per word, a word inside a template) map words to sub-tokens
+        through these spans, whatever the tokenizer; it needs a fast (Rust) tokenizer.
+        """
+        _check_max_length(max_length)
+        if not getattr(self.tokenizer, "is_fast", False):
+            raise ConfigError(
+                f"{self.info.name}: its tokenizer is not a fast tokenizer, so token character offsets are "
+                f"unavailable; word-level analyses need one (load the model with a fast tokenizer)"
+            )
+        with self._tokenizer_lock:
+            encoded = self.tokenizer(
+                list(texts), truncation=max_length is not None, max_length=max_length, return_offsets_mapping=True
+            )
+        return [[(int(a), int(b)) for a, b in row] for row in encoded["offset_mapping"]]
+
     def count_tokens(self, texts: Sequence[str], max_length: int | None = None) -> int:
         """Real tokens the texts tokenize to (as `tokenize` would), without building batches."""
         _check_max_length(max_length)

@@ -37,3 +37,32 @@ def plot_similarity(table: pd.DataFrame, value: str, rows: str, columns: str, ti
                 ax.text(j, i, f"{grid.iat[i, j]:.2f}", ha="center", va="center", fontsize=7, color="white")
     ax.set_title(title)
     return fig
+
+
+def plot_probe_curves(table: pd.DataFrame, title: str, style: FigureStyle):
+    """Accuracy (with its interval over seeds), control accuracy and chance by layer; selectivity below."""
+    frame = table.sort_values("layer")
+    has_control = "control_accuracy" in frame and frame["control_accuracy"].notna().any()
+    fig, axes = style.figure(nrows=2 if has_control else 1, scale=(1.0, 1.5 if has_control else 1.0))
+    ax = axes[0, 0]
+    layers = frame["layer"].to_numpy()
+    ax.plot(layers, frame["accuracy"], marker="o", markersize=3, label="probe accuracy")
+    ax.fill_between(
+        layers, frame["accuracy_ci_low"], frame["accuracy_ci_high"], alpha=0.25, label="interval over seeds"
+    )
+    if has_control:
+        ax.plot(layers, frame["control_accuracy"], marker="s", markersize=3, label="control task accuracy")
+    ax.plot(layers, frame["chance"], linestyle="--", color="grey", label="majority class")
+    ax.set_ylabel("test accuracy")
+    ax.set_ylim(0, 1.02)
+    ax.legend(fontsize=7, loc="lower right")
+    ax.set_title(title)
+    if has_control:
+        low = axes[1, 0]
+        low.bar(layers, frame["selectivity"], color="tab:green")
+        low.axhline(0, color="black", linewidth=0.8)
+        low.set_ylabel("selectivity (accuracy - control)")
+        low.set_xlabel("layer")
+    else:
+        ax.set_xlabel("layer")
+    return fig

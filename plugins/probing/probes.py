@@ -44,6 +44,7 @@ __all__ = [
     "ProbeReport",
     "SeedResult",
     "Split",
+    "check_probe_inputs",
     "control_labels",
     "fit_probe",
     "grouped_split",
@@ -324,9 +325,7 @@ def _to_original_space(model: LogisticRegression, scaler: StandardScaler) -> tup
     return coef, intercept
 
 
-def fit_probe(
-    x: np.ndarray, y: np.ndarray, split: Split, c_grid: Sequence[float], *, max_iter: int = 1000
-) -> ProbeFit:
+def fit_probe(x: np.ndarray, y: np.ndarray, split: Split, c_grid: Sequence[float], *, max_iter: int = 1000) -> ProbeFit:
     """Fit along the C grid (warm-started), pick C on validation accuracy, score that probe on test.
 
     `y` must be integer codes 0..K-1 (see `probe_layers`); macro-F1 is over all K classes so a
@@ -379,27 +378,18 @@ def _check_split(split: Split, codes: np.ndarray, seed: int, n_groups: int, what
         )
 
 
-def probe_layers(
-    features: Mapping[Any, Any] | Any,
-    labels: Sequence[Any],
-    groups: Sequence[int],
-    *,
-    word_types: Sequence[str] | None = None,
-    seeds: Sequence[int] | None = None,
-    config: ProbeConfig | None = None,
-) -> ProbeReport:
-    """Probe every layer over several seeds; all input checks run before the first fit.
+@dataclass
+class _Plan:
+    codes: np.ndarray
+    classes: list[Any]
+    n_groups: int
+    control_codes: dict[int, np.ndarray]
+    splits: dict[int, Split]
 
-    `word_types` (the token string of each example) switches on the control task; without it
-    `control_accuracy_mean` and `selectivity` are None.
-    """
-    config = config or ProbeConfig()
-    if seeds is not None:
-        config = ProbeConfig(**{**config.__dict__, "seeds": tuple(int(s) for s in seeds)})
-    config.validate()
 
-    feats = _features_dict(features)
-    n = next(iter(feats.values())).shape[0]
+def _plan(
+    labels: Sequence[Any], groups: Sequence[int], word_types: Sequence[str] | None, n: int, config: ProbeConfig
+) -> _Plan:
     codes, classes = _encode_labels(labels, n)
     if len(classes) < 2:
         raise ConfigError(f"probe labels have a single class {classes!r}: a probe needs at least 2 label values")
@@ -432,6 +422,56 @@ def probe_layers(
         _check_split(split, codes, seed, n_groups, "label")
         if seed in control_codes:
             _check_split(split, control_codes[seed], seed, n_groups, "control-label")
+
+    return _Plan(codes, classes, n_groups, control_codes, splits)
+
+
+def check_probe_inputs(
+    labels: Sequence[Any],
+    groups: Sequence[int],
+    *,
+    word_types: Sequence[str] | None = None,
+    config: ProbeConfig | None = None,
+    what: str = "probe",
+) -> None:
+    """Every check `probe_layers` makes that needs no features: run it before weights load.
+
+    Labels, groups and word types alone decide whether the splits (seeded, so the same ones
+    `probe_layers` will draw) hold two classes in training, whether there are enough texts
+    for a train/validation/test split, and whether the control task is usable.
+    """
+    config = config or ProbeConfig()
+    config.validate()
+    try:
+        _plan(labels, groups, word_types, len(labels), config)
+    except ConfigError as err:
+        raise ConfigError(f"{what}: {err}") from None
+
+
+def probe_layers(
+    features: Mapping[Any, Any] | Any,
+    labels: Sequence[Any],
+    groups: Sequence[int],
+    *,
+    word_types: Sequence[str] | None = None,
+    seeds: Sequence[int] | None = None,
+    config: ProbeConfig | None = None,
+) -> ProbeReport:
+    """Probe every layer over several seeds; all input checks run before the first fit.
+
+    `word_types` (the token string of each example) switches on the control task; without it
+    `control_accuracy_mean` and `selectivity` are None.
+    """
+    config = config or ProbeConfig()
+    if seeds is not None:
+        config = ProbeConfig(**{**config.__dict__, "seeds": tuple(int(s) for s in seeds)})
+    config.validate()
+
+    feats = _features_dict(features)
+    n = next(iter(feats.values())).shape[0]
+    plan = _plan(labels, groups, word_types, n, config)
+    codes, classes, n_groups = plan.codes, plan.classes, plan.n_groups
+    control_codes, splits = plan.control_codes, plan.splits
 
     layers: list[LayerProbe] = []
     for layer, x in feats.items():

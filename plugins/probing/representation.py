@@ -22,9 +22,9 @@ from interpsuite.errors import ConfigError
 from interpsuite.models import HookedModel, ModelInfo, describe_model
 from interpsuite.results import Result
 
+from .capture import POOLINGS, hook_names, pooled_features
 from .similarity import cka_matrix, linear_cka, linear_cka_gram, rbf_cka, rsa
 
-POOLINGS = ("tokens", "mean", "last")
 #: examples for the Gram-based reference check of the fast CKA path (O(n^2) memory)
 REFERENCE_EXAMPLES = 512
 
@@ -166,25 +166,16 @@ class RepresentationSimilarity(Analyzer):
 
 def collect(ctx: RunContext, model: HookedModel, layers: list[int], cfg) -> list[torch.Tensor]:
     """Every layer's examples from ONE capture pass per batch: [n, d] float32 on the CPU."""
-    hooks = [f"blocks.{layer}.{cfg.hook_point}" for layer in layers]
-    parts: list[list[torch.Tensor]] = [[] for _ in layers]
-    texts = ctx.inputs.texts
-    for start in ctx.progress(range(0, len(texts), ctx.batch_size), "representation_similarity"):
-        batch = model.tokenize(texts[start : start + ctx.batch_size], ctx.max_length)
-        cache = model.forward(batch, capture=hooks).cache
-        mask = batch.attention_mask.bool()
-        for i, hook in enumerate(hooks):
-            acts = cache[hook].float()
-            if acts.dim() == 4:  # per-head sites [batch, pos, heads, d_head]: heads side by side
-                acts = acts.flatten(2)
-            if cfg.pooling == "tokens":
-                parts[i].append(acts[mask].cpu())
-            elif cfg.pooling == "mean":
-                weights = mask.unsqueeze(-1).to(acts.dtype)
-                parts[i].append(((acts * weights).sum(1) / weights.sum(1)).cpu())
-            else:
-                parts[i].append(acts[torch.arange(acts.shape[0]), batch.last_index].cpu())
-    examples = [torch.cat(chunks) for chunks in parts]
+    examples, _ = pooled_features(
+        model,
+        ctx.inputs.texts,
+        hook_names(layers, cfg.hook_point),
+        cfg.pooling,
+        batch_size=ctx.batch_size,
+        max_length=ctx.max_length,
+        progress=ctx.progress,
+        desc="representation_similarity",
+    )
     if examples[0].shape[0] < 4:
         raise ConfigError(
             f"representation_similarity: {examples[0].shape[0]} examples; CKA needs at least 4 "
