@@ -226,7 +226,7 @@ def _depth_rows(frame: pd.DataFrame) -> pd.DataFrame:
 # --- sections ---------------------------------------------------------------------------------
 def _probe_section(runs: list[RunData], style: Any) -> tuple[Section, list[FigureData]]:
     section = Section("probe_curves", "Linear probe accuracy by relative depth")
-    by_task: dict[str, dict[str, dict[str, Any]]] = {}
+    by_task: dict[tuple[str, str], dict[str, dict[str, Any]]] = {}
     for run in runs:
         frame, why = read_table(run, "linear_probe", "probe_curves")
         if frame is not None and not {"task", "layer", "accuracy"} <= set(frame.columns):
@@ -235,14 +235,16 @@ def _probe_section(runs: list[RunData], style: Any) -> tuple[Section, list[Figur
         if frame is None:
             continue
         frame = _depth_rows(frame)
-        for task, rows in frame.groupby("task", sort=True):
+        if "hook_point" not in frame.columns:
+            frame = frame.assign(hook_point="")
+        for (task, hook_point), rows in frame.groupby(["task", "hook_point"], sort=True):
             rows = rows.sort_values("layer")
             layers = [int(v) for v in rows["layer"]]
 
             def column(name: str, rows: pd.DataFrame = rows) -> list[float | None]:
                 return _floats(rows[name]) if name in rows.columns else [None] * len(rows)
 
-            by_task.setdefault(str(task), {})[run.label] = {
+            by_task.setdefault((str(task), str(hook_point)), {})[run.label] = {
                 "legend": run.legend,
                 "n_layers": run.n_layers,
                 "layer": layers,
@@ -260,7 +262,12 @@ def _probe_section(runs: list[RunData], style: Any) -> tuple[Section, list[Figur
                 },
             }
     figures = []
-    for task, series in by_task.items():
+    hooks_of: dict[str, set[str]] = {}
+    for task, hook_point in by_task:
+        hooks_of.setdefault(task, set()).add(hook_point)
+    for (task_name, hook_point), series in by_task.items():
+        # linear_probe writes one curve per hook point: name it only when a task has several
+        task = f"{task_name} {hook_point}".strip() if len(hooks_of[task_name]) > 1 else task_name
         figures.append(
             _line_figure(
                 f"probe_accuracy_{task}",
@@ -394,8 +401,8 @@ def _lens_section(runs: list[RunData], style: Any) -> tuple[Section, list[Figure
     series: dict[str, dict[str, Any]] = {}
     for run in runs:
         frame, why = read_table(run, "logit_lens", "layers")
-        if frame is not None and not ({"kl_to_final", "top1_agreement"} & set(frame.columns)):
-            frame, why = None, "layers table has neither kl_to_final nor top1_agreement"
+        if frame is not None and ("layer" not in frame.columns or not {"kl_to_final", "top1_agreement"} & set(frame)):
+            frame, why = None, "layers table lacks layer, or both kl_to_final and top1_agreement"
         section.runs[run.label] = why
         if frame is None:
             continue

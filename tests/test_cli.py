@@ -8,7 +8,7 @@ from interpsuite.cli import COMMANDS, build_parser, main
 
 
 def test_every_subcommand_is_wired():
-    assert set(COMMANDS) | {"run"} == {"plugins", "models", "experiments", "cache", "new-plugin", "run"}
+    assert set(COMMANDS) | {"run"} == {"plugins", "models", "experiments", "cache", "new-plugin", "compare", "run"}
     assert "130 interrupted" in build_parser().epilog
 
 

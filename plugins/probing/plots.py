@@ -66,3 +66,35 @@ def plot_probe_curves(table: pd.DataFrame, title: str, style: FigureStyle):
     else:
         ax.set_xlabel("layer")
     return fig
+
+
+def plot_method_agreement(table: pd.DataFrame, title: str, style: FigureStyle):
+    """Cosine between direction estimators, one line per pair of methods, by layer."""
+    fig, axes = style.figure()
+    ax = axes[0, 0]
+    for pair, frame in table.groupby("pair", sort=False):
+        frame = frame.sort_values("layer")
+        ax.plot(frame["layer"], frame["cosine"], marker="o", markersize=3, label=str(pair))
+    ax.axhline(0, color="grey", linewidth=0.8)
+    ax.set_ylim(-1.02, 1.02)
+    ax.set_xlabel("layer")
+    ax.set_ylabel("cosine similarity")
+    ax.legend(fontsize=7)
+    ax.set_title(title)
+    return fig
+
+
+def plot_projection_histograms(table: pd.DataFrame, title: str, style: FigureStyle):
+    """Per method, the distribution of each class's projections on the (unit) direction."""
+    methods = list(dict.fromkeys(table["method"]))
+    fig, axes = style.figure(ncols=len(methods), scale=(max(1.0, 0.5 * len(methods)), 1.0))
+    for ax, method in zip(axes[0], methods, strict=True):
+        frame = table[table["method"] == method]
+        for label, group in frame.groupby("class", sort=True):
+            ax.hist(group["projection"], bins=20, alpha=0.55, label=str(label))
+        ax.set_title(method, fontsize=8)
+        ax.set_xlabel("projection")
+    axes[0, 0].set_ylabel("examples")
+    axes[0, 0].legend(fontsize=7)
+    fig.suptitle(title)
+    return fig
