@@ -61,7 +61,7 @@ def _new_plugin(args: argparse.Namespace) -> int:
 def _compare(args: argparse.Namespace) -> int:
     from .compare import compare_command
 
-    return compare_command(args.run_dirs, args.out)
+    return compare_command(args.run_dirs, args.out, args.allow_different_inputs)
 
 
 COMMANDS = {
@@ -94,6 +94,9 @@ def build_parser() -> argparse.ArgumentParser:
     compare = sub.add_parser("compare", help="one HTML report comparing finished runs of different models")
     compare.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run directories (or one multirun folder)")
     compare.add_argument("--out", default="comparison", help="output folder (default: ./comparison)")
+    compare.add_argument(
+        "--allow-different-inputs", action="store_true", help="compare runs made on different texts (off: refused)"
+    )
     sub.add_parser("run", help="run an experiment (same as python -m interpsuite ...)")
     return parser
 

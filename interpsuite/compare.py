@@ -542,7 +542,28 @@ def _check_out_dir(out: Path, runs: list[RunData]) -> None:
         raise ConfigError(f"compare: the output path {out} is a file; choose a folder for --out")
 
 
-def compare_runs(run_dirs: list[str | Path], out_dir: str | Path = DEFAULT_OUT) -> ComparisonReport:
+def check_same_inputs(runs: list[RunData]) -> None:
+    """Curves of models fed different texts are not comparable: refuse, naming both.
+
+    The data group (`inputs.data`: source and number of texts) must agree; token counts may
+    differ, since every tokenizer splits the same texts its own way.
+    """
+    seen: dict[tuple[Any, Any], str] = {}
+    for run in runs:
+        data = (run.payload.get("inputs") or {}).get("data") or {}
+        key = (data.get("source"), data.get("count"))
+        seen.setdefault(key, run.label or run.path.name)
+    if len(seen) > 1:
+        described = "; ".join(f"{label}: {count} texts from {source}" for (source, count), label in seen.items())
+        raise ConfigError(
+            f"compare: the runs were made on different inputs ({described}); compare runs of the same data, "
+            f"or pass --allow-different-inputs"
+        )
+
+
+def compare_runs(
+    run_dirs: list[str | Path], out_dir: str | Path = DEFAULT_OUT, *, allow_different_inputs: bool = False
+) -> ComparisonReport:
     """Write comparison.html, comparison.json and figures/ for the runs into `out_dir`."""
     from .figures import FigureStyle
     from .sinks.rundir import safe_name, save_figure
@@ -556,6 +577,8 @@ def compare_runs(run_dirs: list[str | Path], out_dir: str | Path = DEFAULT_OUT) 
     out = Path(out_dir)
     _check_out_dir(out, runs)
     _label_runs(runs)
+    if not allow_different_inputs:
+        check_same_inputs(runs)
 
     style = FigureStyle()
     sections: list[Section] = []
@@ -622,8 +645,8 @@ def compare_runs(run_dirs: list[str | Path], out_dir: str | Path = DEFAULT_OUT) 
     )
 
 
-def compare_command(run_dirs: list[str], out: str) -> int:
-    report = compare_runs(run_dirs, out)
+def compare_command(run_dirs: list[str], out: str, allow_different_inputs: bool = False) -> int:
+    report = compare_runs(run_dirs, out, allow_different_inputs=allow_different_inputs)
     present = [s.name for s in report.sections if s.present]
     absent = [s.name for s in report.sections if not s.present]
     print(f"compared {len(report.runs)} runs: {', '.join(report.runs)}")

@@ -13,7 +13,7 @@ from interpsuite.hookspecs import hookimpl
 
 from .._family import collect_analyzers
 
-MODULES: tuple[str, ...] = ("representation", "linear_probe", "concept_direction", "cross_lingual")
+MODULES: tuple[str, ...] = ("representation", "linear_probe", "concept_direction", "bias_probe", "cross_lingual")
 
 
 @hookimpl
