@@ -24,6 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from .config import CONFIG_NAME, PRIMARY_CONFIG, compose, searchpath_override
 from .errors import AnalyzerError, ConfigError, InterpsuiteError
+from .model_comparison import plan_comparison, run_comparison
 from .pipeline import EXIT_CONFIG, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, InterpretabilityPipeline
 from .report import format_report
 from .settings import check_writable_dir
@@ -48,6 +49,10 @@ def run_job(cfg: DictConfig) -> int:
     hydra_cfg = HydraConfig.get()
     output_dir = Path(hydra_cfg.runtime.output_dir)
     try:
+        plan = plan_comparison(_plain(cfg), output_dir, list(hydra_cfg.overrides.task))
+        if plan is not None:
+            plan.validate()
+            return run_comparison_job(plan, output_dir)
         pipeline = InterpretabilityPipeline.from_config(
             cfg, output_dir=output_dir, user_overrides=list(hydra_cfg.overrides.task)
         )
@@ -95,9 +100,33 @@ def preflight(overrides: list[str]) -> None:
         run_dir = OmegaConf.select(cfg, "hydra.run.dir")
     except (HydraException, OmegaConfBaseException) as err:
         raise _hydra_error(err) from None
-    pipeline = InterpretabilityPipeline.from_config(cfg, output_dir=run_dir, user_overrides=overrides)
-    pipeline.validate()
+    plan = plan_comparison(_plain(cfg), run_dir, overrides)
+    if plan is not None:
+        plan.validate()  # every model's pipeline, before the first one loads
+    else:
+        InterpretabilityPipeline.from_config(cfg, output_dir=run_dir, user_overrides=overrides).validate()
     check_writable_dir(run_dir, "run directory (hydra.run.dir)", create=False)
+
+
+def _plain(cfg: DictConfig) -> dict:
+    """The composed config as a plain dict without Hydra's own node."""
+    container = OmegaConf.to_container(cfg, resolve=False)
+    container.pop("hydra", None)
+    return OmegaConf.to_container(OmegaConf.create(container), resolve=True)
+
+
+def run_comparison_job(plan, output_dir: Path) -> int:
+    """`models=[...]`: one pipeline per model, then the comparison report."""
+    outcome = run_comparison(plan)
+    for report in outcome.reports:
+        print(format_report(report))
+    if outcome.comparison is None:
+        _error(f"no comparison report: {outcome.error}")
+        return worst([r.exit_code for r in outcome.reports] + [EXIT_FAILED])
+    present = [s.name for s in outcome.comparison.sections if s.present]
+    shared = ", ".join(present) or "no shared analyses"
+    print(f"comparison of {', '.join(plan.models)} ({shared}): {outcome.comparison.html}")
+    return worst([r.exit_code for r in outcome.reports])
 
 
 def _hydra_error(err: Exception) -> ConfigError:

@@ -171,6 +171,8 @@ class InterpretabilityPipeline:
                 cfg.pop("hydra", None)  # Hydra's own node (it resolves only inside a running job)
         container = OmegaConf.to_container(cfg, resolve=True) if not isinstance(cfg, dict) else dict(cfg)
         container.pop("hydra", None)
+        if container.get("models") in (None, [], ""):
+            container.pop("models", None)  # `models=[...]` runs go through model_comparison
         known = {f.name for f in dataclasses.fields(RunSettings)} | {"model", "data", "analyzers", "output_dir"}
         unknown = sorted(set(map(str, container)) - known)
         if unknown:

@@ -40,6 +40,9 @@ def bad_files(tmp_path, monkeypatch):
     (tmp_path / "latin1.txt").write_bytes("caf\xe9 au lait\n".encode("latin-1"))
     (tmp_path / "blank.jsonl").write_text('{"text": "ok"}\n{"text": ""}\n')
     (tmp_path / "a_file").write_text("not a directory")
+    (tmp_path / "one_class.jsonl").write_text("".join(f'{{"text": "t{i}", "label": "x"}}\n' for i in range(9)))
+    (tmp_path / "tags.jsonl").write_text('{"words": ["a", "b"], "tags": ["X"]}\n' * 9)
+    (tmp_path / "no_de.jsonl").write_text('{"en": "a", "fr": "b", "es": "c"}\n' * 9)
     return tmp_path
 
 
@@ -77,6 +80,22 @@ BAD_INPUTS = [
     ("hydra.run.dir=a_file", r"run directory 'a_file' is a file, not a directory"),
     ("hydra.run.dir=a_file/run", r"run directory 'a_file/run' is under 'a_file', which is a file"),
     ("hydra.run.dir=/proc/interpsuite-run", r"run directory '/proc/interpsuite-run' cannot be written"),
+    ("+analyzers.linear_probe.tasks=[sentimnet]", r"unknown probing task 'sentimnet'; shipped tasks: sentiment"),
+    ("+analyzers.linear_probe.path=one_class.jsonl", r"task 'one_class': probe labels have a single class"),
+    (
+        "+analyzers.linear_probe={tasks:[],path:one_class.jsonl,label_field:lbl}",
+        r"one_class.jsonl:1: no field 'lbl' \(fields: label, text\); set label_field=<field>",
+    ),
+    (
+        "+analyzers.linear_probe={tasks:[],path:tags.jsonl,level:token}",
+        r"tags.jsonl:1: 1 tags for 2 words; give exactly one tag per word",
+    ),
+    ("+analyzers.cross_lingual.path=no_de.jsonl", r"no_de.jsonl:1: no de sentence"),
+    ("+analyzers.concept_direction.task=tense", r"the set has 3 classes .*set positive=<label>"),
+    ("+analyzers.bias_probe.pairs=[[he]]", r"bias_probe.pairs"),
+    ("models=[tiny_llama]", r"models: \['tiny_llama'\] compares nothing"),
+    ("models=[tiny_llama,tiny_llama]", r"names a model twice"),
+    ("models=[tiny_llama,nope]", r"nope"),
 ]
 
 
