@@ -628,6 +628,7 @@ def compare_runs(
             for f in figures
         },
     }
+    out.mkdir(parents=True, exist_ok=True)  # runs with no shared analysis draw no figure
     json_path = out / "comparison.json"
     json_path.write_text(json.dumps(to_jsonable(payload), indent=2, allow_nan=False))
 

@@ -169,6 +169,7 @@ def test_bad_input_raises_config_error_before_fitting(case: tuple[str, dict, str
         raise AssertionError("fit_probe ran before input validation")
 
     monkeypatch.setattr(probes, "fit_probe", no_fit)
+    monkeypatch.setattr(probes, "fit_probes_batched", no_fit)
     with pytest.raises(ConfigError, match=message) as info:
         probe_layers(**kwargs)
     assert "\n" not in str(info.value)
@@ -180,3 +181,40 @@ def test_mdl_bad_input() -> None:
         online_codelength(x, [0] * 120)
     with pytest.raises(ConfigError, match="non-finite"):
         online_codelength(np.full((120, D), np.inf), y)
+
+
+@pytest.mark.parametrize("n_classes", [2, 4])
+def test_batched_solver_reaches_the_sklearn_optimum(n_classes: int) -> None:
+    """The batched L-BFGS solves the same objective as sklearn: same predictions, loss no worse."""
+    from interpsuite_plugins.probing.batched_logistic import fit_logistic
+    from sklearn.linear_model import LogisticRegression
+
+    rng = np.random.default_rng(n_classes)
+    layers, n, d = 3, 300, 24
+    x = rng.standard_normal((layers, n, d)) * rng.uniform(0.2, 5.0, d)  # badly scaled on purpose
+    y = (x[0] @ rng.standard_normal((d, n_classes)) + 3 * rng.standard_normal((n, n_classes))).argmax(1)
+    c_grid = [0.01, 1.0, 100.0]
+    fit = fit_logistic(
+        torch.tensor(x), torch.tensor(np.stack([y] * 3)), n_classes, torch.tensor(c_grid, dtype=torch.float64),
+        tol=1e-7,
+    )  # fmt: skip
+    assert bool(fit.converged.all())
+    predictions = fit.predict(torch.tensor(x))
+    for layer in range(layers):
+        for j, c in enumerate(c_grid):
+            reference = LogisticRegression(C=c, max_iter=10000, tol=1e-10).fit(x[layer], y)
+            coef = reference.coef_.T  # [d, 1] binary, [d, K] multinomial
+            assert np.abs(fit.weights[layer, j].numpy() - coef).max() <= 1e-3 * max(1.0, np.abs(coef).max())
+            assert (predictions[layer, j].numpy() == reference.predict(x[layer])).mean() >= 0.99
+
+
+def test_batched_and_sklearn_probe_layers_agree() -> None:
+    x, y, groups, _ = _planted()
+    feats = {layer: x + 0.3 * layer * np.random.default_rng(layer).standard_normal(x.shape) for layer in range(3)}
+    words = [f"w{i}" for i in np.random.default_rng(1).integers(0, 80, N)]
+    batched = probe_layers(feats, y, groups, word_types=words, config=ProbeConfig(solver="batched"))
+    reference = probe_layers(feats, y, groups, word_types=words, config=ProbeConfig(solver="sklearn"))
+    for a, b in zip(batched.layers, reference.layers, strict=True):
+        assert a.accuracy_mean == pytest.approx(b.accuracy_mean, abs=0.01)
+        assert a.control_accuracy_mean == pytest.approx(b.control_accuracy_mean, abs=0.03)
+        assert _cos(a.direction, b.direction) > 0.99

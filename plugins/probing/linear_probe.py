@@ -52,6 +52,7 @@ class LinearProbeConfig:
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     c_grid: list[float] = field(default_factory=lambda: [0.01, 0.1, 1.0, 10.0])
     control: bool = True  # control task and selectivity
+    solver: str = "batched"  # batched (every layer and C in one torch L-BFGS) | sklearn (one fit each, the reference)
     mdl: bool = False  # MDL online codelength per layer (Voita & Titov 2020)
     max_texts: int | None = None  # first N texts of each set (null = all)
 
@@ -74,7 +75,9 @@ def example_groups(labelled: LabelledSet) -> list[int]:
 
 
 def _probe_config(cfg: LinearProbeConfig) -> ProbeConfig:
-    return ProbeConfig(seeds=tuple(int(s) for s in cfg.seeds), c_grid=tuple(float(c) for c in cfg.c_grid))
+    return ProbeConfig(
+        seeds=tuple(int(s) for s in cfg.seeds), c_grid=tuple(float(c) for c in cfg.c_grid), solver=cfg.solver
+    )
 
 
 def load_sets(cfg: LinearProbeConfig, name: str) -> list[LabelledSet]:
@@ -119,7 +122,7 @@ def check_probe_config(info: ModelInfo, cfg: LinearProbeConfig, name: str) -> li
     try:
         _probe_config(cfg).validate()
     except ConfigError as err:
-        raise ConfigError(f"{name}: {err} (options seeds, c_grid)") from None
+        raise ConfigError(f"{name}: {err} (options seeds, c_grid, solver)") from None
     return check_layers(info, cfg.layers, f"{name}.layers")
 
 

@@ -71,6 +71,8 @@ class ProbeConfig:
     test_frac: float = 0.2
     max_iter: int = 1000
     confidence: float = 0.95
+    #: batched: every layer and C in one torch L-BFGS loop; sklearn: one LogisticRegression fit each (reference)
+    solver: str = "batched"
 
     def validate(self) -> None:
         """Reject settings that would only fail (or silently mislead) after fitting started."""
@@ -85,6 +87,8 @@ class ProbeConfig:
             raise ConfigError(f"probe split fractions {fracs} must be positive and sum to 1, e.g. (0.6, 0.2, 0.2)")
         if not 0 < self.confidence < 1:
             raise ConfigError(f"probe confidence {self.confidence} must lie in (0, 1), e.g. 0.95")
+        if self.solver not in ("batched", "sklearn"):
+            raise ConfigError(f"probe solver {self.solver!r} is not one of batched, sklearn")
         if self.max_iter < 1:
             raise ConfigError(f"probe max_iter {self.max_iter} must be at least 1")
 
@@ -360,6 +364,64 @@ def fit_probe(x: np.ndarray, y: np.ndarray, split: Split, c_grid: Sequence[float
     )
 
 
+def fit_probes_batched(
+    features: Mapping[Any, np.ndarray],
+    label_sets: Sequence[np.ndarray],
+    split: Split,
+    c_grid: Sequence[float],
+    *,
+    max_iter: int = 1000,
+    tol: float = 1e-5,
+) -> dict[Any, list[ProbeFit]]:
+    """`fit_probe` for every layer and label set at once (batched L-BFGS, `batched_logistic`).
+
+    Same recipe as `fit_probe`: standardise on the training split, fit every C, pick C on
+    validation accuracy (ties to the stronger regularisation), score on test, weights mapped
+    back to the original feature space. Returns {layer: [ProbeFit per label set]}.
+    """
+    import torch
+
+    from .batched_logistic import fit_logistic
+
+    keys = list(features)
+    x = torch.stack([torch.as_tensor(features[k], dtype=torch.float64) for k in keys])  # [L, n, d]
+    train = x[:, split.train]
+    mean = train.mean(1, keepdim=True)
+    scale = train.std(1, unbiased=False, keepdim=True)
+    scale = torch.where(scale > 0, scale, torch.ones_like(scale))  # as StandardScaler: constant features stay
+    z = (x - mean) / scale
+    c_sorted = sorted(float(c) for c in c_grid)
+    c_values = torch.tensor(c_sorted, dtype=torch.float64)
+    out: dict[Any, list[ProbeFit]] = {k: [] for k in keys}
+    for y in label_sets:
+        y = np.asarray(y)
+        n_classes = int(y.max()) + 1
+        labels = torch.as_tensor(y[split.train], dtype=torch.long).expand(len(c_sorted), -1)
+        fit = fit_logistic(z[:, split.train], labels, n_classes, c_values, max_iter=max_iter, tol=tol)
+        val_pred = fit.predict(z[:, split.val])  # [L, J, m]
+        val_acc = (val_pred == torch.as_tensor(y[split.val])).double().mean(-1)  # [L, J]
+        best = val_acc.argmax(-1)  # first maximum: the smallest C among ties
+        test_pred = fit.predict(z[:, split.test])
+        y_test = y[split.test]
+        for i, key in enumerate(keys):
+            j = int(best[i])
+            pred = test_pred[i, j].numpy()
+            w = fit.weights[i, j] / scale[i, 0][:, None]  # [d, k] in the original space
+            b = fit.bias[i, j] - mean[i, 0] @ w
+            out[key].append(
+                ProbeFit(
+                    best_C=c_sorted[j],
+                    accuracy=float((pred == y_test).mean()),
+                    f1=float(f1_score(y_test, pred, labels=np.arange(n_classes), average="macro", zero_division=0)),
+                    val_accuracy=float(val_acc[i, j]),
+                    weights=w[:, 0].numpy() if w.shape[1] == 1 else w.T.numpy(),
+                    intercept=b.numpy(),
+                    classes=list(range(n_classes)),
+                )
+            )
+    return out
+
+
 def _ci(values: Sequence[float], confidence: float) -> tuple[float, float]:
     """Student-t interval: with 3 seeds a percentile interval would just be min..max."""
     arr = np.asarray(values, dtype=np.float64)
@@ -473,18 +535,28 @@ def probe_layers(
     codes, classes, n_groups = plan.codes, plan.classes, plan.n_groups
     control_codes, splits = plan.control_codes, plan.splits
 
+    fits: dict[int, dict[Any, tuple[ProbeFit, ProbeFit | None]]] = {}
+    for seed in config.seeds:
+        label_sets = [codes] + ([control_codes[seed]] if seed in control_codes else [])
+        if config.solver == "sklearn":
+            per_layer = {
+                layer: [fit_probe(x, y, splits[seed], config.c_grid, max_iter=config.max_iter) for y in label_sets]
+                for layer, x in feats.items()
+            }
+        else:
+            per_layer = fit_probes_batched(feats, label_sets, splits[seed], config.c_grid, max_iter=config.max_iter)
+        fits[seed] = {layer: (pair[0], pair[1] if len(pair) > 1 else None) for layer, pair in per_layer.items()}
+
     layers: list[LayerProbe] = []
-    for layer, x in feats.items():
+    for layer in feats:
         per_seed: list[SeedResult] = []
         coefs: list[np.ndarray] = []
         intercepts: list[np.ndarray] = []
         for seed in config.seeds:
             split = splits[seed]
-            fit = fit_probe(x, codes, split, config.c_grid, max_iter=config.max_iter)
+            fit, control_fit = fits[seed][layer]
             majority = np.bincount(codes[split.train], minlength=len(classes)).argmax()
-            ctrl_acc = None
-            if seed in control_codes:
-                ctrl_acc = fit_probe(x, control_codes[seed], split, config.c_grid, max_iter=config.max_iter).accuracy
+            ctrl_acc = None if control_fit is None else control_fit.accuracy
             per_seed.append(
                 SeedResult(
                     seed=seed,
