@@ -371,7 +371,7 @@ def fit_probes_batched(
     c_grid: Sequence[float],
     *,
     max_iter: int = 1000,
-    tol: float = 1e-5,
+    tol: float = 1e-4,
 ) -> dict[Any, list[ProbeFit]]:
     """`fit_probe` for every layer and label set at once (batched L-BFGS, `batched_logistic`).
 
