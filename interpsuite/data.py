@@ -87,6 +87,21 @@ def _read_text(path: Path, encoding: str) -> str:
         ) from None
 
 
+def json_lines(text: str, name: str) -> list[tuple[str, Any]]:
+    """(where, record) for every non-blank line of a JSON Lines text; a bad line is one error
+    naming `name:line`. Every .jsonl reader (inputs, labelled sets, prompt pairs) parses here."""
+    records = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        where = f"{name}:{number}"
+        try:
+            records.append((where, json.loads(line)))
+        except json.JSONDecodeError as err:
+            raise ConfigError(f"{where}: not valid JSON ({err.msg})") from None
+    return records
+
+
 def _read_txt(path: Path, encoding: str) -> list[Record]:
     lines = _read_text(path, encoding).splitlines()
     return [Record(line, None, f"{path.name}:{n}") for n, line in enumerate(lines, start=1) if line.strip()]
@@ -94,14 +109,7 @@ def _read_txt(path: Path, encoding: str) -> list[Record]:
 
 def _read_jsonl(path: Path, text_field: str, target_field: str, encoding: str) -> list[Record]:
     records = []
-    for number, line in enumerate(_read_text(path, encoding).splitlines(), start=1):
-        if not line.strip():
-            continue
-        where = f"{path.name}:{number}"
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise ConfigError(f"{where}: not valid JSON ({err.msg})") from None
+    for where, record in json_lines(_read_text(path, encoding), path.name):
         if isinstance(record, str):
             text, target = record, None
         elif isinstance(record, dict) and text_field in record:

@@ -31,6 +31,7 @@ from typing import Any
 
 import torch
 
+from interpsuite.data import json_lines
 from interpsuite.errors import ConfigError
 
 DATA = Path(__file__).parent / "data"
@@ -147,16 +148,12 @@ def read_pairs(path: str | Path) -> list[PromptPair]:
     if path.suffix != ".jsonl":
         raise ConfigError(f"pairs file {path}: expected .jsonl (one JSON object per line), got {path.suffix!r}")
     pairs = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise ConfigError(f"{path}:{number}: not valid JSON ({err.msg})") from None
+    for where, record in json_lines(path.read_text(encoding="utf-8"), str(path)):
+        if not isinstance(record, dict):
+            raise ConfigError(f"{where}: each line must be a JSON object with fields clean, corrupted, answer, wrong")
         missing = [k for k in ("clean", "corrupted", "answer", "wrong") if not isinstance(record.get(k), str)]
         if missing:
-            raise ConfigError(f"{path}:{number}: missing or non-string field(s) {missing}")
+            raise ConfigError(f"{where}: missing or non-string field(s) {missing}")
         position_map = record.get("position_map")
         pairs.append(
             PromptPair(

@@ -37,7 +37,7 @@ from .bias import (
     weat_effect_size,
     weat_permutation_test,
 )
-from .capture import ALIGNMENTS, hook_names, word_features
+from .capture import ALIGNMENTS, check_block_site, hook_names, word_features
 
 BIAS_DIR = Path(__file__).parent / "data" / "bias"
 WEAT_SETS = ("X", "Y", "A", "B")
@@ -163,11 +163,7 @@ def make_plan(cfg: BiasProbeConfig, name: str = "bias_probe") -> Plan:
 
 
 def check_config(info: ModelInfo, cfg: BiasProbeConfig, name: str) -> list[int]:
-    if cfg.hook_point not in info.block_sites():
-        raise ConfigError(
-            f"{name}.hook_point: {info.name} has no per-block site {cfg.hook_point!r}; "
-            f"it has: {', '.join(info.block_sites())}"
-        )
+    check_block_site(info, cfg.hook_point, f"{name}.hook_point")
     if cfg.direction_method not in DIRECTION_METHODS:
         raise ConfigError(
             f"{name}.direction_method: {cfg.direction_method!r} is not one of {', '.join(DIRECTION_METHODS)}"

@@ -36,6 +36,14 @@ def _no_progress(iterable: Iterable, desc: str = "") -> Iterable:
     return iterable
 
 
+def check_block_site(info, site: str, what: str) -> str:
+    """A per-block site name (`resid_post`, `mlp.out`, ...) this model has, or one line listing them."""
+    if site not in info.block_sites():
+        listing = ", ".join(info.block_sites())
+        raise ConfigError(f"{what}: {info.name} has no per-block site {site!r}; it has: {listing}")
+    return site
+
+
 def hook_names(layers: Sequence[int], hook_point: str) -> list[str]:
     return [f"blocks.{layer}.{hook_point}" for layer in layers]
 

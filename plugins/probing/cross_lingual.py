@@ -34,7 +34,7 @@ from interpsuite.errors import ConfigError
 from interpsuite.models import ModelInfo
 from interpsuite.results import Result
 
-from .capture import hook_names, pooled_features
+from .capture import check_block_site, hook_names, pooled_features
 from .crosslingual_metrics import center_rows, pair_metrics, retrieval_accuracy
 from .labelled import DATA_DIR, read_parallel
 from .linear_probe import curve_table
@@ -113,11 +113,7 @@ def check_config(info: ModelInfo, cfg: CrossLingualConfig, name: str) -> list[in
         raise ConfigError(f"{name}.pivot: {cfg.pivot!r} is not in languages={languages}; add it or pick one of those")
     if cfg.pooling not in POOLINGS:
         raise ConfigError(f"{name}.pooling: {cfg.pooling!r} is not one of {', '.join(POOLINGS)}")
-    if cfg.hook_point not in info.block_sites():
-        raise ConfigError(
-            f"{name}.hook_point: {info.name} has no per-block site {cfg.hook_point!r}; "
-            f"it has: {', '.join(info.block_sites())}"
-        )
+    check_block_site(info, cfg.hook_point, f"{name}.hook_point")
     if cfg.max_sentences is not None and cfg.max_sentences < 2:
         raise ConfigError(f"{name}.max_sentences: {cfg.max_sentences}; retrieval needs at least 2 (or null for all)")
     return check_layers(info, cfg.layers, f"{name}.layers")

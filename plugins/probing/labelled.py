@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from interpsuite.data import json_lines
 from interpsuite.errors import ConfigError
 
 DATA_DIR = Path(__file__).parent / "data"
@@ -93,16 +93,10 @@ def _rows(path: Path, encoding: str) -> list[tuple[str, dict[str, Any]]]:
     suffix = path.suffix.lower()
     rows: list[tuple[str, dict[str, Any]]] = []
     if suffix == ".jsonl":
-        for number, line in enumerate(text.splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise ConfigError(f"{path.name}:{number}: not valid JSON ({err.msg})") from None
+        for where, record in json_lines(text, path.name):
             if not isinstance(record, dict):
-                raise ConfigError(f"{path.name}:{number}: each line must be a JSON object with named fields")
-            rows.append((f"{path.name}:{number}", record))
+                raise ConfigError(f"{where}: each line must be a JSON object with named fields")
+            rows.append((where, record))
     elif suffix == ".csv":
         reader = csv.DictReader(io.StringIO(text, newline=""))
         for row in reader:

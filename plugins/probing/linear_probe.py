@@ -28,7 +28,7 @@ from interpsuite.errors import ConfigError
 from interpsuite.models import HookedModel, ModelInfo
 from interpsuite.results import Result
 
-from .capture import ALIGNMENTS, hook_names, pooled_features, word_features
+from .capture import ALIGNMENTS, check_block_site, hook_names, pooled_features, word_features
 from .labelled import LEVELS, FieldNames, LabelledSet, labelled_sets
 from .probes import ProbeConfig, ProbeReport, check_probe_inputs, online_codelength, probe_layers
 
@@ -112,11 +112,7 @@ def check_probe_config(info: ModelInfo, cfg: LinearProbeConfig, name: str) -> li
     if not cfg.hook_points:
         raise ConfigError(f"{name}.hook_points: empty; give per-block sites, e.g. [resid_post]")
     for hook_point in cfg.hook_points:
-        if hook_point not in info.block_sites():
-            raise ConfigError(
-                f"{name}.hook_points: {info.name} has no per-block site {hook_point!r}; "
-                f"it has: {', '.join(info.block_sites())}"
-            )
+        check_block_site(info, hook_point, f"{name}.hook_points")
     if cfg.max_texts is not None and cfg.max_texts < 3:
         raise ConfigError(f"{name}.max_texts: {cfg.max_texts}; a train/validation/test split needs at least 3")
     try:

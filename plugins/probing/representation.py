@@ -22,7 +22,7 @@ from interpsuite.errors import ConfigError
 from interpsuite.models import HookedModel, ModelInfo, describe_model
 from interpsuite.results import Result
 
-from .capture import POOLINGS, hook_names, pooled_features
+from .capture import POOLINGS, check_block_site, hook_names, pooled_features
 from .similarity import cka_matrix, linear_cka, linear_cka_gram, rbf_cka, rsa
 
 #: examples for the Gram-based reference check of the fast CKA path (O(n^2) memory)
@@ -45,11 +45,7 @@ class RepresentationSimilarityConfig:
 def _check_config(info: ModelInfo, cfg: RepresentationSimilarityConfig, name: str) -> list[int]:
     if cfg.pooling not in POOLINGS:
         raise ConfigError(f"{name}.pooling: {cfg.pooling!r} is not one of {', '.join(POOLINGS)}")
-    if cfg.hook_point not in info.block_sites():
-        raise ConfigError(
-            f"{name}.hook_point: {info.name} has no per-block site {cfg.hook_point!r}; "
-            f"it has: {', '.join(info.block_sites())}"
-        )
+    check_block_site(info, cfg.hook_point, f"{name}.hook_point")
     if cfg.max_examples < 4 or cfg.max_rsa_examples < 4:
         raise ConfigError(f"{name}: max_examples and max_rsa_examples must be >= 4 (CKA needs 4 examples)")
     if cfg.models and cfg.pooling == "tokens":
