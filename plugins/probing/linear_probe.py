@@ -258,12 +258,11 @@ class LinearProbe(Analyzer):
         if cfg.control:
             result.metrics[f"{name}.selectivity_at_best"] = float(best["selectivity"])
             result.metrics[f"{name}.max_selectivity"] = float(table["selectivity"].max())
-            # selectivity > 0: the probe reads more than a type-memorising probe could
-            result.add_check(f"{name}.selectivity_at_best", float(best["selectivity"]), 0.0, mode="min")
-            if labelled.level == "token":
-                # a control at chance means types carried no learnable signal: the control is not working
-                margin = float((table["control_accuracy"] - table["chance"]).mean())
-                result.add_check(f"{name}.control_above_chance", margin, 0.0, mode="min")
+            # Selectivity is a finding (a metric, and the figure): a probe may read no more than a
+            # type-memorising one, as measured. What is checked is that the control does its job:
+            # learnable above the majority class, or it would subtract nothing.
+            margin = float((table["control_accuracy"] - table["chance"]).mean())
+            result.add_check(f"{name}.control_above_chance", margin, 0.0, mode="min")
         from .plots import plot_probe_curves
 
         for hook_point, frame in table.groupby("hook_point", sort=False):
