@@ -172,7 +172,12 @@ class InterpretabilityPipeline:
         container = OmegaConf.to_container(cfg, resolve=True) if not isinstance(cfg, dict) else dict(cfg)
         container.pop("hydra", None)
         if container.get("models") in (None, [], ""):
-            container.pop("models", None)  # `models=[...]` runs go through model_comparison
+            container.pop("models", None)
+        elif "models" in container:
+            raise ConfigError(
+                "models=[...] makes one run per model: use python -m interpsuite, or from Python "
+                "interpsuite.model_comparison.plan_comparison(config, output_dir) and run_comparison(plan)"
+            )
         known = {f.name for f in dataclasses.fields(RunSettings)} | {"model", "data", "analyzers", "output_dir"}
         unknown = sorted(set(map(str, container)) - known)
         if unknown:

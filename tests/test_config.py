@@ -5,9 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from omegaconf import OmegaConf
 
 from interpsuite import InterpretabilityPipeline
 from interpsuite.config import compose, conf_dir
+from interpsuite.model_comparison import plan_comparison
 
 REPO = Path(__file__).resolve().parents[1]
 EXPERIMENTS = sorted(p.stem for p in (REPO / "conf" / "experiment").glob("*.yaml"))
@@ -24,9 +26,16 @@ def test_every_experiment_composes_and_validates(experiment):
     cfg = compose([f"+experiment={experiment}"])
     assert cfg.analyzers, f"{experiment} selects no analyzer"
     assert cfg.experiment_name == experiment
-    plan = InterpretabilityPipeline.from_config(cfg).validate()  # no weights are loaded
-    assert plan.inputs.count > 0
-    assert [a.name for a in plan.analyzers] == list(cfg.analyzers)
+    container = OmegaConf.to_container(cfg, resolve=True)
+    comparison = plan_comparison(container, "outputs/unused")
+    pipelines = comparison.pipelines if comparison else [InterpretabilityPipeline.from_config(cfg)]
+    for pipeline in pipelines:
+        plan = pipeline.validate()  # no weights are loaded
+        assert plan.inputs.count > 0
+        planned = [a.name for a in plan.analyzers]  # causal-LM analyzers are planned as skipped on encoders
+        skipped = [name for name in cfg.analyzers if name not in planned]
+        assert planned and all(name in cfg.analyzers for name in planned)
+        assert not skipped or not plan.model_info.is_causal
 
 
 @pytest.mark.parametrize("model", MODELS)
