@@ -27,6 +27,8 @@ from interpsuite.errors import ConfigError
 from interpsuite.models import HookedModel
 
 POOLINGS = ("tokens", "mean", "last")
+#: one example per text (what sequence-level probes and cross-model comparisons use)
+TEXT_POOLINGS = ("mean", "last")
 ALIGNMENTS = ("mean", "first", "last")
 
 Progress = Callable[[Iterable, str], Iterable]

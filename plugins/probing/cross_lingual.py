@@ -34,13 +34,12 @@ from interpsuite.errors import ConfigError
 from interpsuite.models import ModelInfo
 from interpsuite.results import Result
 
-from .capture import check_block_site, hook_names, pooled_features
+from .capture import TEXT_POOLINGS, check_block_site, hook_names, pooled_features
 from .crosslingual_metrics import center_rows, pair_metrics, retrieval_accuracy
 from .labelled import DATA_DIR, read_parallel
 from .linear_probe import curve_table
 from .probes import ProbeConfig, check_probe_inputs, probe_layers
 
-POOLINGS = ("mean", "last")
 SHIPPED_PARALLEL = "parallel.jsonl"
 PROBE_SEEDS = (0, 1, 2)
 COLUMNS = (
@@ -111,8 +110,8 @@ def check_config(info: ModelInfo, cfg: CrossLingualConfig, name: str) -> list[in
         raise ConfigError(f"{name}.languages: {languages} repeats a language; list each once")
     if cfg.pivot not in languages:
         raise ConfigError(f"{name}.pivot: {cfg.pivot!r} is not in languages={languages}; add it or pick one of those")
-    if cfg.pooling not in POOLINGS:
-        raise ConfigError(f"{name}.pooling: {cfg.pooling!r} is not one of {', '.join(POOLINGS)}")
+    if cfg.pooling not in TEXT_POOLINGS:
+        raise ConfigError(f"{name}.pooling: {cfg.pooling!r} is not one of {', '.join(TEXT_POOLINGS)}")
     check_block_site(info, cfg.hook_point, f"{name}.hook_point")
     if cfg.max_sentences is not None and cfg.max_sentences < 2:
         raise ConfigError(f"{name}.max_sentences: {cfg.max_sentences}; retrieval needs at least 2 (or null for all)")

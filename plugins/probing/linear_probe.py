@@ -28,11 +28,10 @@ from interpsuite.errors import ConfigError
 from interpsuite.models import HookedModel, ModelInfo
 from interpsuite.results import Result
 
-from .capture import ALIGNMENTS, check_block_site, hook_names, pooled_features, word_features
+from .capture import ALIGNMENTS, TEXT_POOLINGS, check_block_site, hook_names, pooled_features, word_features
 from .labelled import LEVELS, FieldNames, LabelledSet, labelled_sets
 from .probes import ProbeConfig, ProbeReport, check_probe_inputs, online_codelength, probe_layers
 
-SEQUENCE_POOLINGS = ("mean", "last")
 _WORD = re.compile(r"[^\W\d_]+", re.UNICODE)
 
 
@@ -105,8 +104,8 @@ def load_sets(cfg: LinearProbeConfig, name: str) -> list[LabelledSet]:
 def check_probe_config(info: ModelInfo, cfg: LinearProbeConfig, name: str) -> list[int]:
     if cfg.level not in LEVELS:
         raise ConfigError(f"{name}.level: {cfg.level!r} is not one of {', '.join(LEVELS)}")
-    if cfg.pooling not in SEQUENCE_POOLINGS:
-        raise ConfigError(f"{name}.pooling: {cfg.pooling!r} is not one of {', '.join(SEQUENCE_POOLINGS)}")
+    if cfg.pooling not in TEXT_POOLINGS:
+        raise ConfigError(f"{name}.pooling: {cfg.pooling!r} is not one of {', '.join(TEXT_POOLINGS)}")
     if cfg.token_alignment not in ALIGNMENTS:
         raise ConfigError(f"{name}.token_alignment: {cfg.token_alignment!r} is not one of {', '.join(ALIGNMENTS)}")
     if not cfg.hook_points:

@@ -364,6 +364,12 @@ def fit_probe(x: np.ndarray, y: np.ndarray, split: Split, c_grid: Sequence[float
     )
 
 
+def _stack(features: Mapping[Any, np.ndarray]) -> Any:
+    import torch
+
+    return torch.stack([torch.as_tensor(x, dtype=torch.float64) for x in features.values()])
+
+
 def fit_probes_batched(
     features: Mapping[Any, np.ndarray],
     label_sets: Sequence[np.ndarray],
@@ -372,19 +378,22 @@ def fit_probes_batched(
     *,
     max_iter: int = 1000,
     tol: float = 1e-4,
+    stacked: Any = None,
 ) -> dict[Any, list[ProbeFit]]:
     """`fit_probe` for every layer and label set at once (batched L-BFGS, `batched_logistic`).
 
     Same recipe as `fit_probe`: standardise on the training split, fit every C, pick C on
     validation accuracy (ties to the stronger regularisation), score on test, weights mapped
-    back to the original feature space. Returns {layer: [ProbeFit per label set]}.
+    back to the original feature space. Returns {layer: [ProbeFit per label set]}. `stacked`
+    (the features as one [L, n, d] float64 tensor in `features` order) saves a copy per call
+    when the same features are fitted under several seeds.
     """
     import torch
 
     from .batched_logistic import fit_logistic
 
     keys = list(features)
-    x = torch.stack([torch.as_tensor(features[k], dtype=torch.float64) for k in keys])  # [L, n, d]
+    x = _stack(features) if stacked is None else stacked  # [L, n, d]
     train = x[:, split.train]
     mean = train.mean(1, keepdim=True)
     scale = train.std(1, unbiased=False, keepdim=True)
@@ -536,6 +545,7 @@ def probe_layers(
     control_codes, splits = plan.control_codes, plan.splits
 
     fits: dict[int, dict[Any, tuple[ProbeFit, ProbeFit | None]]] = {}
+    stacked = _stack(feats) if config.solver == "batched" else None  # one copy for every seed
     for seed in config.seeds:
         label_sets = [codes] + ([control_codes[seed]] if seed in control_codes else [])
         if config.solver == "sklearn":
@@ -544,7 +554,9 @@ def probe_layers(
                 for layer, x in feats.items()
             }
         else:
-            per_layer = fit_probes_batched(feats, label_sets, splits[seed], config.c_grid, max_iter=config.max_iter)
+            per_layer = fit_probes_batched(
+                feats, label_sets, splits[seed], config.c_grid, max_iter=config.max_iter, stacked=stacked
+            )
         fits[seed] = {layer: (pair[0], pair[1] if len(pair) > 1 else None) for layer, pair in per_layer.items()}
 
     layers: list[LayerProbe] = []
