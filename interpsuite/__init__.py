@@ -22,6 +22,8 @@ __version__ = "0.1.0"
 
 if TYPE_CHECKING:  # pragma: no cover - the same names as _EXPORTS, for type checkers and editors
     from .analyzer import Analyzer, NoConfig, RunContext, check_heads, check_hook_points, check_layers
+    from .artifacts import Artifact, ModelFingerprint, load_artifact, save_artifact
+    from .commands import Command
     from .data import Dataset, Inputs
     from .errors import AnalyzerError, ConfigError, HookError, InterpsuiteError, ModelNotFoundError, PluginError
     from .figures import FigureStyle
@@ -37,6 +39,8 @@ if TYPE_CHECKING:  # pragma: no cover - the same names as _EXPORTS, for type che
 #: submodule -> the public names it defines (kept equal to the imports above and to __all__ by tests)
 _SOURCES: dict[str, tuple[str, ...]] = {
     "analyzer": ("Analyzer", "NoConfig", "RunContext", "check_heads", "check_hook_points", "check_layers"),
+    "artifacts": ("Artifact", "ModelFingerprint", "load_artifact", "save_artifact"),
+    "commands": ("Command",),
     "data": ("Dataset", "Inputs"),
     "errors": ("AnalyzerError", "ConfigError", "HookError", "InterpsuiteError", "ModelNotFoundError", "PluginError"),
     "figures": ("FigureStyle",),
@@ -55,7 +59,9 @@ __all__ = [
     "Adapter",
     "Analyzer",
     "AnalyzerError",
+    "Artifact",
     "Check",
+    "Command",
     "ConfigError",
     "Dataset",
     "FigureStyle",
@@ -66,6 +72,7 @@ __all__ = [
     "InterpretabilityPipeline",
     "InterpsuiteError",
     "Intervention",
+    "ModelFingerprint",
     "ModelInfo",
     "ModelNotFoundError",
     "ModulePaths",
@@ -84,12 +91,14 @@ __all__ = [
     "check_layers",
     "hookimpl",
     "layer_hooks",
+    "load_artifact",
     "load_model",
     "masked_mean",
     "masked_sum",
     "per_layer",
     "read_results",
     "real_tokens",
+    "save_artifact",
     "wrap",
 ]
 

@@ -98,7 +98,20 @@ def build_parser() -> argparse.ArgumentParser:
         "--allow-different-inputs", action="store_true", help="compare runs made on different texts (off: refused)"
     )
     sub.add_parser("run", help="run an experiment (same as python -m interpsuite ...)")
+    for name, command in plugin_commands().items():
+        command.add_arguments(sub.add_parser(name, help=command.help))
     return parser
+
+
+def plugin_commands() -> dict:
+    """Subcommands plugins contribute (hook `interpsuite_commands`); built-in names win."""
+    from .plugins import get_registry
+
+    return {
+        name: item.obj
+        for name, item in sorted(get_registry().commands.items())
+        if name not in COMMANDS and name != "run"
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -109,7 +122,9 @@ def main(argv: list[str] | None = None) -> int:
         return run_cli(argv[1:])
     args = build_parser().parse_args(argv)
     try:
-        return COMMANDS[args.command](args)
+        if args.command in COMMANDS:
+            return COMMANDS[args.command](args)
+        return plugin_commands()[args.command].run(args)
     except InterpsuiteError as err:
         print(f"interpsuite: error: {err}", file=sys.stderr)
         return 2

@@ -56,8 +56,8 @@ ATTENTION_SITES: tuple[str, ...] = ("attn.q", "attn.k", "attn.v", "attn.scores",
 
 _BLOCK_NAME = re.compile(r"^blocks\.(\d+)\.(.+)$")
 
-InterventionOp = Literal["replace", "add", "zero", "mean", "resample", "scale"]
-INTERVENTION_OPS: tuple[str, ...] = ("replace", "add", "zero", "mean", "resample", "scale")
+InterventionOp = Literal["replace", "add", "zero", "mean", "resample", "scale", "project_out"]
+INTERVENTION_OPS: tuple[str, ...] = ("replace", "add", "zero", "mean", "resample", "scale", "project_out")
 
 Index = int | Sequence[int] | Sequence[Sequence[int]] | torch.Tensor | None
 
@@ -167,7 +167,10 @@ class Intervention:
     - `op`: replace (`value`), add (`value`), zero, mean (`value` = the mean activation to
       write; without `value`, the mean over the batch rows `mean_over`, default all rows;
       a sweep sets it to the item's own copy of the batch), resample (`value` =
-      activations from other inputs, same shape), scale (`factor`).
+      activations from other inputs, same shape), scale (`factor`), project_out (`value` =
+      a direction over the last dimension, [d] or one per row: the component of the
+      activation along it is removed, x - (x . u) u with u = value / |value|; directional
+      ablation, Arditi et al. 2024).
     - `rows`: batch rows it applies to (None: all rows). This is what batches a sweep.
     - `heads`, `positions`, `units`: restrict it to some heads, token positions, or entries
       of the last dimension (neurons, residual directions). None: all. `positions` may be
@@ -191,7 +194,7 @@ class Intervention:
     def __post_init__(self) -> None:
         if self.op not in INTERVENTION_OPS:
             raise HookError(f"unknown intervention op {self.op!r}; choose one of {', '.join(INTERVENTION_OPS)}")
-        if self.op in ("replace", "add", "resample") and self.value is None:
+        if self.op in ("replace", "add", "resample", "project_out") and self.value is None:
             raise HookError(f"intervention {self.op!r} at {self.hook} needs a `value` tensor")
         if self.op == "scale" and self.factor is None:
             raise HookError(f"intervention 'scale' at {self.hook} needs a `factor`")
@@ -292,6 +295,10 @@ def _new_values(sub: torch.Tensor, whole: torch.Tensor, iv: Intervention, rows: 
         return sub * iv.factor
     if iv.op == "add":
         return sub + _value_for(sub, iv, rows, whole.shape[0])
+    if iv.op == "project_out":
+        value = _value_for(sub, iv, rows, whole.shape[0])
+        unit = value / value.norm(dim=-1, keepdim=True).clamp_min(torch.finfo(value.dtype).tiny)
+        return sub - (sub * unit).sum(-1, keepdim=True) * unit
     if iv.op in ("replace", "resample") or iv.value is not None:
         return _value_for(sub, iv, rows, whole.shape[0])
     # mean over the batch rows `mean_over` (all rows by default)

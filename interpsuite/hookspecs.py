@@ -22,6 +22,7 @@ import pluggy
 
 if TYPE_CHECKING:  # pragma: no cover
     from .analyzer import Analyzer
+    from .commands import Command
     from .data import Dataset
     from .models.adapters.base import Adapter
     from .sinks.base import Sink
@@ -73,4 +74,15 @@ def interpsuite_adapters() -> list[type[Adapter]]:
     vocabulary by naming modules: blocks, attention, projections, norms. Its
     `architecture` must be unique. A plugin adapter for a model_type that a built-in also
     handles is used instead of the built-in.
+    """
+
+
+@hookspec
+def interpsuite_commands() -> list[Command]:
+    """Console subcommands (`interpsuite NAME ...`), as `interpsuite.Command` objects.
+
+    A command has a unique `name`, a one-line `help`, `add_arguments(parser)` (an argparse
+    subparser) and `run(args) -> exit code`. A `ConfigError` raised by `run` prints one line
+    and exits 2, like interpsuite's own commands. This is how a plugin ships a tool that
+    works on saved artifacts without a config run (e.g. `interpsuite predict-failure`).
     """

@@ -49,6 +49,7 @@ class PluginRegistry:
     datasets: dict[str, Contribution] = field(default_factory=dict)
     config_dirs: list[Contribution] = field(default_factory=list)
     adapters: dict[str, Contribution] = field(default_factory=dict)
+    commands: dict[str, Contribution] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
 
     def analyzer(self, name: str):
@@ -114,7 +115,7 @@ def _check_pending(pm: pluggy.PluginManager, origins: dict[str, str]) -> None:
         raise PluginError(
             f"plugin {who!r} (distribution {origins.get(who, IN_PROCESS)!r}) implements a hook that "
             f"interpsuite does not define: {err}. Hooks: interpsuite_analyzers, interpsuite_sinks, "
-            f"interpsuite_datasets, interpsuite_config_dirs, interpsuite_adapters"
+            f"interpsuite_datasets, interpsuite_config_dirs, interpsuite_adapters, interpsuite_commands"
         ) from err
 
 
@@ -151,6 +152,7 @@ def build_registry(pm: pluggy.PluginManager, origins: dict[str, str], problems: 
         ("analyzer", "interpsuite_analyzers", registry.analyzers),
         ("sink", "interpsuite_sinks", registry.sinks),
         ("dataset", "interpsuite_datasets", registry.datasets),
+        ("command", "interpsuite_commands", registry.commands),
     ):
         for obj, dist, plugin in _collect(pm, hook, origins, registry.warnings):
             _add_unique(table, kind, Contribution(obj.name, obj, dist, plugin))

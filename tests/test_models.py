@@ -155,6 +155,31 @@ def test_interventions_touch_only_their_rows_positions_and_units(tiny_model):
     torch.testing.assert_close(captured["scale"], expected)
 
 
+def test_project_out_removes_exactly_the_direction(tiny_model):
+    """Directional ablation: the activation loses its component along the direction (any
+    length), keeps everything orthogonal to it, and one direction per row applies row by row."""
+    batch = tiny_model.tokenize(TEXTS)
+    name = "blocks.0.resid_post"
+    clean = tiny_model.forward(batch, capture=[name]).cache[name].double()
+    direction = torch.randn(clean.shape[-1], generator=torch.Generator().manual_seed(0))
+    ablated = tiny_model.forward(
+        batch, capture=[name], interventions=[Intervention(name, "project_out", value=7.0 * direction)]
+    ).cache[name].double()
+    unit = (direction / direction.norm()).double()
+    expected = clean - (clean @ unit)[..., None] * unit
+    torch.testing.assert_close(ablated, expected, atol=1e-5, rtol=1e-5)
+    assert float((ablated @ unit).abs().max()) < 1e-4
+    per_row = torch.stack([direction, torch.roll(direction, 1)])[:, None, :]  # TEXTS: two rows
+    rows = tiny_model.forward(
+        batch, capture=[name], interventions=[Intervention(name, "project_out", value=per_row)]
+    ).cache[name].double()
+    torch.testing.assert_close(rows[0], ablated[0], atol=1e-5, rtol=1e-5)
+    other = (per_row[1, 0] / per_row[1, 0].norm()).double()
+    torch.testing.assert_close(rows[1], clean[1] - (clean[1] @ other)[..., None] * other, atol=1e-5, rtol=1e-5)
+    with pytest.raises(HookError, match="needs a `value`"):
+        Intervention(name, "project_out")
+
+
 def test_mean_and_resample_ablation(tiny_model):
     batch = tiny_model.tokenize(["one two three four", "five six seven eight"])
     name = "blocks.0.mlp.out"
