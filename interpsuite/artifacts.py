@@ -68,7 +68,7 @@ class ModelFingerprint:
         try:
             return cls(**{name: record[name] for name in cls.__dataclass_fields__})
         except (KeyError, TypeError):
-            raise ConfigError(f"{where}: the model fingerprint is incomplete; the file is corrupt or not ours") from None
+            raise ConfigError(f"{where}: the model fingerprint is incomplete (corrupt, or not ours)") from None
 
     def mismatch(self, other: ModelFingerprint) -> str | None:
         """Why `other` is not this model (None when it is)."""
@@ -80,10 +80,9 @@ class ModelFingerprint:
             other.d_model,
             other.vocab_size,
         ):
-            return (
-                f"it was fitted on {self.name} ({self.architecture}, {self.n_layers} layers, d_model {self.d_model}) "
-                f"but the model is {other.name} ({other.architecture}, {other.n_layers} layers, d_model {other.d_model})"
-            )
+            fitted = f"{self.name} ({self.architecture}, {self.n_layers} layers, d_model {self.d_model})"
+            given = f"{other.name} ({other.architecture}, {other.n_layers} layers, d_model {other.d_model})"
+            return f"it was fitted on {fitted} but the model is {given}"
         return (
             f"it was fitted on {self.name} but the weights of {other.name} differ (embedding hash "
             f"{self.weights_sha256[:12]} vs {other.weights_sha256[:12]}: another checkpoint, fine-tune or dtype)"
