@@ -12,13 +12,18 @@ def _plugins(args: argparse.Namespace) -> int:
     from .plugins import get_registry
 
     registry = get_registry()
-    sections = (("analyzers", registry.analyzers), ("sinks", registry.sinks), ("datasets", registry.datasets))
+    sections = (
+        ("analyzers", registry.analyzers),
+        ("sinks", registry.sinks),
+        ("datasets", registry.datasets),
+        ("commands", registry.commands),
+    )
     for title, table in sections:
         print(f"{title}:")
         for name in sorted(table):
             item = table[name]
             family = getattr(item.obj, "family", "")
-            description = getattr(item.obj, "description", "")
+            description = getattr(item.obj, "description", "") or getattr(item.obj, "help", "")
             family_text = f"[{family}] " if family else ""
             print(f"  {name:<24} {family_text}{description}  (from {item.distribution})")
     if registry.config_dirs:

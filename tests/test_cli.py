@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import pytest
 
+from interpsuite import cli, plugins
 from interpsuite.cli import COMMANDS, build_parser, main
+from interpsuite.commands import Command
+from interpsuite.hookspecs import hookimpl
 
 
 def test_every_subcommand_is_wired():
@@ -55,3 +58,41 @@ def test_bad_subcommand_usage_exits_2(argv, capsys):
     with pytest.raises(SystemExit) as stop:
         main(argv)
     assert stop.value.code == 2
+
+
+class _WordsPlugin:
+    """A plugin contributing one console command, as a third-party package would."""
+
+    @staticmethod
+    def _arguments(parser):
+        parser.add_argument("words", nargs="*")
+        parser.add_argument("--fail", action="store_true")
+
+    @staticmethod
+    def _run(args) -> int:
+        from interpsuite.errors import ConfigError
+
+        if args.fail:
+            raise ConfigError("count-words: --fail was given; leave it out")
+        print(len(args.words))
+        return 0
+
+    @hookimpl
+    def interpsuite_commands(self):
+        return [
+            Command("count-words", "print how many words were given", self._arguments, self._run),
+            Command("compare", "a plugin may not take over a built-in command", self._arguments, self._run),
+        ]
+
+
+def test_plugin_commands_run_list_and_fail_in_one_line(monkeypatch, capsys):
+    monkeypatch.setattr(plugins, "_REGISTRY", plugins.get_registry(extra_plugins=[_WordsPlugin()]))
+    assert main(["count-words", "a", "b", "c"]) == 0
+    assert capsys.readouterr().out.strip() == "3"
+    assert main(["count-words", "--fail"]) == 2
+    expected = "interpsuite: error: count-words: --fail was given; leave it out"
+    assert capsys.readouterr().err.strip().splitlines() == [expected]
+    assert "count-words" in build_parser().format_help()
+    assert main(["plugins"]) == 0
+    assert "print how many words were given" in capsys.readouterr().out
+    assert "compare" not in cli.plugin_commands()  # built-in names win
