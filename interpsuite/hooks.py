@@ -256,9 +256,7 @@ def _selection(sub: torch.Tensor, iv: Intervention, site: HookSite, n_rows: int)
             raise HookError(f"hook point {iv.hook} has no {label} dimension to select")
         if label == "positions" and iv.per_row_positions:
             if len(index) != n_rows:
-                raise HookError(
-                    f"intervention at {iv.hook}: {len(index)} per-row position lists for {n_rows} rows"
-                )
+                raise HookError(f"intervention at {iv.hook}: {len(index)} per-row position lists for {n_rows} rows")
             size = sub.shape[axis]
             part = torch.zeros(n_rows, size, dtype=torch.bool, device=sub.device)
             flat_rows = [r for r, row in enumerate(index) for _ in row]
@@ -525,8 +523,10 @@ def unknown_hook_message(name: str, sites: dict[str, HookSite]) -> str:
     layer, site = parse_hook_name(name)
     layers = [parse_hook_name(s)[0] for s in sites]
     n_layers = 1 + max((x for x in layers if x is not None), default=-1)
-    block_sites = sorted({parse_hook_name(s)[1] for s in sites if parse_hook_name(s)[0] is not None},
-                         key=lambda s: BLOCK_HOOKS.index(s) if s in BLOCK_HOOKS else 99)
+    block_sites = sorted(
+        {parse_hook_name(s)[1] for s in sites if parse_hook_name(s)[0] is not None},
+        key=lambda s: BLOCK_HOOKS.index(s) if s in BLOCK_HOOKS else 99,
+    )
     if layer is not None and site in block_sites:
         return f"hook point {name!r}: layer {layer} out of range (the model has layers 0..{n_layers - 1})"
     global_sites = [s for s in GLOBAL_HOOKS if s in sites]

@@ -7,7 +7,6 @@ carries listeners (forward hooks and a block-skipping `forward` on each block) t
 only for passes of this HookedModel in the calling thread; `close()` removes them all.
 """
 
-
 from __future__ import annotations
 
 import contextlib

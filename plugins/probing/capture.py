@@ -75,7 +75,7 @@ def pooled_features(
     for start in progress(range(0, len(texts), batch_size), desc):
         chunk = list(texts[start : start + batch_size])
         batch = model.tokenize(chunk, max_length)
-        cache = model.forward(batch, capture=list(hooks)).cache
+        cache = model.forward(batch, capture=list(hooks), logits_to_keep=1).cache  # no full-vocab logits
         mask = batch.attention_mask.bool()
         if pooling == "tokens":
             counts = mask.sum(1).tolist()
@@ -165,7 +165,7 @@ def word_features(
                 kept_words.append(words[w])
         if not rows:
             continue
-        cache = model.forward(batch, capture=list(hooks)).cache
+        cache = model.forward(batch, capture=list(hooks), logits_to_keep=1).cache  # no full-vocab logits
         # a [words, pos] averaging matrix per batch: one matmul pools every word of every row
         width = batch.input_ids.shape[1]
         pool = torch.zeros(len(rows), width)

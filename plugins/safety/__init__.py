@@ -15,6 +15,8 @@ from interpsuite.hookspecs import hookimpl
 
 from .._family import collect_analyzers
 
+__all__ = ["AnomalyDetector", "FailurePredictor", "MODULES"]
+
 MODULES: tuple[str, ...] = ("refusal_direction", "safety_concepts", "failure_prediction", "anomaly_detection")
 
 
@@ -29,3 +31,16 @@ def interpsuite_commands():
     from .failure_command import PREDICT_FAILURE
 
     return [PREDICT_FAILURE, DETECT_ANOMALY]
+
+
+def __getattr__(name: str):
+    """The engines' classes, imported on first use (registering the plugin stays cheap)."""
+    if name == "AnomalyDetector":
+        from .anomaly import AnomalyDetector
+
+        return AnomalyDetector
+    if name == "FailurePredictor":
+        from .failure import FailurePredictor
+
+        return FailurePredictor
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
