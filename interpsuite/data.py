@@ -73,17 +73,36 @@ class Record:
     where: str
 
 
-def _read_text(path: Path, encoding: str) -> str:
-    """The file's text; bytes that are not `encoding` get a message naming data.encoding."""
+@dataclass(frozen=True)
+class FileOptions:
+    """How messages about an input file name the option that set it and the options that fix it:
+    `data.path` / `data.text_field` / `data.encoding` for run inputs, an analyzer's own options
+    (`anomaly_detection.normal_path`, ...) for files an analyzer reads. `encoding` None: the
+    reader has no encoding option, and the fix is to save the file as UTF-8."""
+
+    path: str = "data.path"
+    text_field: str = "data.text_field"
+    encoding: str | None = "data.encoding"
+
+
+RUN_INPUTS = FileOptions()
+
+
+def _read_text(path: Path, encoding: str, options: FileOptions = RUN_INPUTS) -> str:
+    """The file's text; bytes that are not `encoding` get a message naming the fix."""
     codec = "utf-8-sig" if codecs.lookup(encoding).name == "utf-8" else encoding
     raw = path.read_bytes()
     try:
         return raw.decode(codec)
     except UnicodeDecodeError as err:
         line = raw[: err.start].count(b"\n") + 1
+        fix = (
+            f"set {options.encoding}=<the file's encoding>, e.g. {options.encoding}=latin-1"
+            if options.encoding
+            else "save it as UTF-8"
+        )
         raise ConfigError(
-            f"data.path {path.name!r} is not valid {encoding} (byte 0x{raw[err.start]:02x} on line {line}); "
-            f"set data.encoding=<the file's encoding>, e.g. data.encoding=latin-1"
+            f"{options.path} {path.name!r} is not valid {encoding} (byte 0x{raw[err.start]:02x} on line {line}); {fix}"
         ) from None
 
 
@@ -102,31 +121,31 @@ def json_lines(text: str, name: str) -> list[tuple[str, Any]]:
     return records
 
 
-def _read_txt(path: Path, encoding: str) -> list[Record]:
-    lines = _read_text(path, encoding).splitlines()
+def _read_txt(path: Path, encoding: str, options: FileOptions) -> list[Record]:
+    lines = _read_text(path, encoding, options).splitlines()
     return [Record(line, None, f"{path.name}:{n}") for n, line in enumerate(lines, start=1) if line.strip()]
 
 
-def _read_jsonl(path: Path, text_field: str, target_field: str, encoding: str) -> list[Record]:
+def _read_jsonl(path: Path, text_field: str, target_field: str, encoding: str, options: FileOptions) -> list[Record]:
     records = []
-    for where, record in json_lines(_read_text(path, encoding), path.name):
+    for where, record in json_lines(_read_text(path, encoding, options), path.name):
         if isinstance(record, str):
             text, target = record, None
         elif isinstance(record, dict) and text_field in record:
             text, target = record[text_field], record.get(target_field)
         else:
-            raise ConfigError(f"{where}: no field {text_field!r}; set data.text_field=<field> to the text field")
+            raise ConfigError(f"{where}: no field {text_field!r}; set {options.text_field}=<field> to the text field")
         if not isinstance(text, str) or not text.strip():
             raise ConfigError(f"{where}: field {text_field!r} is {text!r}, not a text; fix or delete the line")
         records.append(Record(text, None if target is None else str(target), where))
     return records
 
 
-def _read_csv(path: Path, text_field: str, target_field: str, encoding: str) -> list[Record]:
-    reader = csv.DictReader(io.StringIO(_read_text(path, encoding), newline=""))
+def _read_csv(path: Path, text_field: str, target_field: str, encoding: str, options: FileOptions) -> list[Record]:
+    reader = csv.DictReader(io.StringIO(_read_text(path, encoding, options), newline=""))
     if reader.fieldnames is None or text_field not in reader.fieldnames:
         raise ConfigError(
-            f"{path.name}: no column {text_field!r} (columns: {reader.fieldnames}); set data.text_field=<column>"
+            f"{path.name}: no column {text_field!r} (columns: {reader.fieldnames}); set {options.text_field}=<column>"
         )
     records = []
     for row in reader:
@@ -142,25 +161,33 @@ READERS = {".txt": "txt", ".jsonl": "jsonl", ".csv": "csv"}
 
 
 def read_records(
-    path: str | Path, text_field: str = "text", target_field: str = "target", encoding: str = "utf-8"
+    path: str | Path,
+    text_field: str = "text",
+    target_field: str = "target",
+    encoding: str = "utf-8",
+    options: FileOptions = RUN_INPUTS,
 ) -> list[Record]:
     """Every text of a .txt / .jsonl / .csv file with its target (blank .txt lines are skipped;
-    an empty text in a .jsonl/.csv record is an error naming the line)."""
+    an empty text in a .jsonl/.csv record is an error naming the line). Every reader of users'
+    text files (run inputs, an analyzer's normal or OOD sets) reads here, so every one names
+    `file:line` and the option to fix in the same way."""
     path = Path(path).expanduser()
     if not path.is_file():
-        raise ConfigError(f"data.path {str(path)!r} does not exist or is not a file")
+        raise ConfigError(f"{options.path} {str(path)!r} does not exist or is not a file")
     kind = READERS.get(path.suffix.lower())
     if kind is None:
-        raise ConfigError(f"data.path {path.name!r}: unsupported file type; use .txt, .jsonl or .csv")
+        raise ConfigError(f"{options.path} {path.name!r}: unsupported file type; use .txt, .jsonl or .csv")
     if kind == "txt":
-        return _read_txt(path, encoding)
+        return _read_txt(path, encoding, options)
     if kind == "jsonl":
-        return _read_jsonl(path, text_field, target_field, encoding)
-    return _read_csv(path, text_field, target_field, encoding)
+        return _read_jsonl(path, text_field, target_field, encoding, options)
+    return _read_csv(path, text_field, target_field, encoding, options)
 
 
-def read_file(path: str | Path, text_field: str = "text", encoding: str = "utf-8") -> list[str]:
-    return [record.text for record in read_records(path, text_field, encoding=encoding)]
+def read_file(
+    path: str | Path, text_field: str = "text", encoding: str = "utf-8", options: FileOptions = RUN_INPUTS
+) -> list[str]:
+    return [record.text for record in read_records(path, text_field, encoding=encoding, options=options)]
 
 
 def load_inputs(cfg: DataConfig, datasets: dict[str, Any]) -> Inputs:

@@ -43,6 +43,8 @@ def bad_files(tmp_path, monkeypatch):
     (tmp_path / "one_class.jsonl").write_text("".join(f'{{"text": "t{i}", "label": "x"}}\n' for i in range(9)))
     (tmp_path / "tags.jsonl").write_text('{"words": ["a", "b"], "tags": ["X"]}\n' * 9)
     (tmp_path / "no_de.jsonl").write_text('{"en": "a", "fr": "b", "es": "c"}\n' * 9)
+    (tmp_path / "no_answer.jsonl").write_text('{"prompt": "The capital of France is"}\n')
+    (tmp_path / "one_request.jsonl").write_text('{"text": "Summarise this page.", "split": "train"}\n')
     return tmp_path
 
 
@@ -93,6 +95,19 @@ BAD_INPUTS = [
     ("+analyzers.cross_lingual.path=no_de.jsonl", r"no_de.jsonl:1: no de sentence"),
     ("+analyzers.concept_direction.task=tense", r"the set has 3 classes .*set positive=<label>"),
     ("+analyzers.bias_probe.pairs=[[he]]", r"bias_probe.pairs"),
+    ("+analyzers.failure_prediction.tasks=[capitols]", r"unknown task\(s\) \['capitols'\]; shipped tasks with"),
+    (
+        "+analyzers.failure_prediction={tasks:[],path:no_answer.jsonl}",
+        r"no_answer.jsonl:1: no field 'answer', so the answer cannot be checked",
+    ),
+    ("+analyzers.anomaly_detection.max_normal=4", r"leave 0 to fit after holding out 2 .*give at least 4 texts"),
+    ("+analyzers.anomaly_detection.normal_path=blank.jsonl", r"blank.jsonl:2: field 'text' is '', not a text"),
+    ("+analyzers.anomaly_detection.normal_path=nope.txt", r"anomaly_detection.normal_path 'nope.txt' does not exist"),
+    ("+analyzers.anomaly_detection.ood_sets=[klingon]", r"ood_sets: unknown \['klingon'\]; choose from code"),
+    ("+analyzers.anomaly_detection.fpr=1.5", r"fpr: 1.5 must lie strictly between 0 and 1"),
+    ("+analyzers.refusal_direction.decline_path=one_request.jsonl", r"has no val/test requests; every split"),
+    ("+analyzers.refusal_direction.positions=[0]", r"positions: 0 is not a negative int"),
+    ("+analyzers.safety_concepts.concepts=[harm]", r"unknown concept 'harm'; shipped: harmful_intent, toxicity"),
     ("models=[tiny_llama]", r"models: \['tiny_llama'\] compares nothing"),
     ("models=[tiny_llama,tiny_llama]", r"names a model twice"),
     ("models=[tiny_llama,nope]", r"nope"),

@@ -232,11 +232,16 @@ def test_command_prints_and_exits_zero_and_bad_input_is_one_line(tiny, mixed_tas
     assert cli_main(["predict-failure", "--predictor", path, "--text", "The capital of Peru is"]) == 0
     out = capsys.readouterr().out.strip().splitlines()
     assert out[0].startswith("failure predictor for tiny_llama") and len(out) == 2
-    probability = float(out[1].split()[0])
-    assert 0.0 <= probability <= 1.0 and "[" in out[1]
+    index, probability, *_ = out[1].split("\t")
+    assert index == "0" and 0.0 <= float(probability) <= 1.0 and "[" in out[1]
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("The cat sat on the\n\nOne two three\n")
     assert cli_main(["predict-failure", "--predictor", path, "--file", str(prompts)]) == 0
+    out, err = capsys.readouterr()
+    rows = out.strip().splitlines()[1:]
+    assert [row.split("\t")[0] for row in rows] == ["1", "3"]  # line numbers; the empty line 2 is skipped
+    assert "skipped 1 empty line" in err
+    assert cli_main(["predict-failure", "--predictor", path, "--text", "One two", "--text", "three four"]) == 0
     assert len(capsys.readouterr().out.strip().splitlines()) == 3
     for argv in (
         ["--predictor", str(tmp_path / "missing"), "--text", "hello"],

@@ -20,7 +20,6 @@ A thin analyzer over `anomaly.AnomalyDetector` (the engine; see its docstring fo
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from dataclasses import asdict, dataclass, field
@@ -30,6 +29,7 @@ import numpy as np
 import pandas as pd
 
 from interpsuite.analyzer import Analyzer, RunContext
+from interpsuite.data import FileOptions, read_file
 from interpsuite.errors import ConfigError
 from interpsuite.models import ModelInfo
 from interpsuite.results import Result
@@ -78,28 +78,10 @@ class AnomalyDetectionConfig:
 
 
 def read_texts(path: str | Path, text_field: str, what: str) -> list[str]:
-    """Texts of a .txt (one per line; blank lines skipped) or .jsonl file (blank lines skipped)."""
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise ConfigError(f"{what}: {path} does not exist or is not a file; give a .txt or .jsonl file")
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except UnicodeDecodeError as err:
-        raise ConfigError(f"{what}: {path} is not UTF-8 text ({err.reason} at byte {err.start})") from None
-    if path.suffix.lower() != ".jsonl":
-        return [line for line in lines if line.strip()]
-    texts = []
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise ConfigError(f"{what}: {path} line {number} is not valid JSON ({err.msg})") from None
-        if not isinstance(record, dict) or not isinstance(record.get(text_field), str):
-            raise ConfigError(f"{what}: {path} line {number} has no string field {text_field!r} (option text_field)")
-        texts.append(record[text_field])
-    return texts
+    """Texts of a .txt (one per line; blank lines skipped), .jsonl or .csv file, read by the core
+    reader of users' files (`interpsuite.data.read_file`: `file:line` in every message)."""
+    options = FileOptions(path=what, text_field=f"{what.rsplit('.', 1)[0]}.text_field", encoding=None)
+    return read_file(path, text_field, options=options)
 
 
 def fpr_tolerance(target: float, n_test: int, n_calibration: int) -> float:

@@ -307,13 +307,11 @@ def extract(
         last = batch.last_index
         resid = {layer: out.cache[f"blocks.{layer}.resid_post"][r, last.to(r.device)].float() for layer in resid_layers}
         if "logit_lens" in want:
-            matches = torch.stack(
-                [
-                    model.unembed(resid[layer][:, None, :]).float()[:, 0].argmax(-1) == final_top
-                    for layer in range(n_layers)
-                ],
-                dim=1,
-            ).cpu()  # [batch, layer]
+            # every layer's last-token residual through the lens in ONE unembedding: a matrix
+            # product per layer would read the [vocab, d] unembedding n_layers times
+            stacked = torch.stack([resid[layer] for layer in range(n_layers)], dim=1)  # [batch, layer, d]
+            lens_top = model.unembed(stacked).float().argmax(-1)  # [batch, layer]
+            matches = (lens_top == final_top[:, None].to(lens_top.device)).cpu()
             mismatches += int((~matches[:, -1]).sum())
             layers = list(range(n_layers))
             firsts = [first_match(layers, row.tolist()) for row in matches]
