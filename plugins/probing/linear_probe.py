@@ -101,23 +101,30 @@ def load_sets(cfg: LinearProbeConfig, name: str) -> list[LabelledSet]:
     return out
 
 
+def check_text_probe_options(name: str, pooling: str, max_texts: int | None, config: ProbeConfig, options: str) -> None:
+    """The options every analyzer that probes one example per text shares (`linear_probe`,
+    `safety_concepts`): pooling, a split-sized `max_texts`, seeds and C grid. `options` names
+    the analyzer's probe options for the message (e.g. "seeds, c_grid, solver")."""
+    if pooling not in TEXT_POOLINGS:
+        raise ConfigError(f"{name}.pooling: {pooling!r} is not one of {', '.join(TEXT_POOLINGS)}")
+    if max_texts is not None and max_texts < 3:
+        raise ConfigError(f"{name}.max_texts: {max_texts}; a train/validation/test split needs at least 3")
+    try:
+        config.validate()
+    except ConfigError as err:
+        raise ConfigError(f"{name}: {err} (options {options})") from None
+
+
 def check_probe_config(info: ModelInfo, cfg: LinearProbeConfig, name: str) -> list[int]:
     if cfg.level not in LEVELS:
         raise ConfigError(f"{name}.level: {cfg.level!r} is not one of {', '.join(LEVELS)}")
-    if cfg.pooling not in TEXT_POOLINGS:
-        raise ConfigError(f"{name}.pooling: {cfg.pooling!r} is not one of {', '.join(TEXT_POOLINGS)}")
+    check_text_probe_options(name, cfg.pooling, cfg.max_texts, _probe_config(cfg), "seeds, c_grid, solver")
     if cfg.token_alignment not in ALIGNMENTS:
         raise ConfigError(f"{name}.token_alignment: {cfg.token_alignment!r} is not one of {', '.join(ALIGNMENTS)}")
     if not cfg.hook_points:
         raise ConfigError(f"{name}.hook_points: empty; give per-block sites, e.g. [resid_post]")
     for hook_point in cfg.hook_points:
         check_block_site(info, hook_point, f"{name}.hook_points")
-    if cfg.max_texts is not None and cfg.max_texts < 3:
-        raise ConfigError(f"{name}.max_texts: {cfg.max_texts}; a train/validation/test split needs at least 3")
-    try:
-        _probe_config(cfg).validate()
-    except ConfigError as err:
-        raise ConfigError(f"{name}: {err} (options seeds, c_grid, solver)") from None
     return check_layers(info, cfg.layers, f"{name}.layers")
 
 

@@ -213,28 +213,29 @@ class FailurePrediction(Analyzer):
         return table
 
     @staticmethod
-    def _examples(labelled, data, evaluation: Evaluation) -> pd.DataFrame:
-        n = len(labelled.items)
-        split = np.array(["train"] * n, dtype=object)
-        split[evaluation.test] = "test"
-        probability = np.full(n, np.nan)
-        probability[evaluation.test] = evaluation.test_probability
-        baseline = np.full(n, np.nan)
-        baseline[evaluation.test] = evaluation.baseline_probability
-        frame = pd.DataFrame(
-            {
-                "task": labelled.tasks,
-                "prompt": labelled.prompts,
-                "answers": [" | ".join(item.answers) for item in labelled.items],
-                "continuation": labelled.continuations,
-                "correct": 1 - labelled.failed,
-                "failed": labelled.failed,
-                "split": split,
-                "predicted_failure_probability": probability,
-                "baseline_failure_probability": baseline,
-            }
-        )
-        return pd.concat([frame, data.features.reset_index(drop=True)], axis=1)
+    def _examples(labelled, data, evaluation: Evaluation | None = None) -> pd.DataFrame:
+        """One row per prompt: its answer check, features and (with a fitted predictor) its
+        split and held-out probabilities."""
+        columns = {
+            "task": labelled.tasks,
+            "prompt": labelled.prompts,
+            "answers": [" | ".join(item.answers) for item in labelled.items],
+            "continuation": labelled.continuations,
+            "correct": 1 - labelled.failed,
+            "failed": labelled.failed,
+        }
+        if evaluation is not None:
+            n = len(labelled.items)
+            split = np.array(["train"] * n, dtype=object)
+            split[evaluation.test] = "test"
+            probability = np.full(n, np.nan)
+            probability[evaluation.test] = evaluation.test_probability
+            baseline = np.full(n, np.nan)
+            baseline[evaluation.test] = evaluation.baseline_probability
+            columns.update(
+                split=split, predicted_failure_probability=probability, baseline_failure_probability=baseline
+            )
+        return pd.concat([pd.DataFrame(columns), data.features.reset_index(drop=True)], axis=1)
 
     @staticmethod
     def _per_task(accuracy: pd.DataFrame, examples: pd.DataFrame) -> pd.DataFrame:
@@ -280,17 +281,7 @@ class FailurePrediction(Analyzer):
         """The model is (almost) always right or always wrong: report accuracy, fit nothing."""
         for key in ("auroc", "auprc", "ece", "baseline_auroc"):
             result.metrics[key] = math.nan
-        frame = pd.DataFrame(
-            {
-                "task": labelled.tasks,
-                "prompt": labelled.prompts,
-                "answers": [" | ".join(item.answers) for item in labelled.items],
-                "continuation": labelled.continuations,
-                "correct": 1 - labelled.failed,
-                "failed": labelled.failed,
-            }
-        )
-        result.tables["examples"] = pd.concat([frame, data.features.reset_index(drop=True)], axis=1)
+        result.tables["examples"] = self._examples(labelled, data)
         result.tables["task_accuracy"] = accuracy.assign(note="no predictor fitted: " + reason)
         result.summary = {
             "tasks": {row.task: {"n": int(row.n), "accuracy": row.accuracy} for row in accuracy.itertuples()},

@@ -40,10 +40,10 @@ from interpsuite.hooks import Intervention
 from interpsuite.models import HookedModel, ModelInfo, TokenBatch
 from interpsuite.results import Result
 
-from ..probing.capture import TEXT_POOLINGS, check_block_site, hook_names, pooled_features
+from ..probing.capture import check_block_site, hook_names, pooled_features
 from ..probing.concepts import binary_mask, cosine, diff_of_means, projection_gap
 from ..probing.labelled import FieldNames, LabelledSet, read_labelled
-from ..probing.linear_probe import control_types, curve_table
+from ..probing.linear_probe import check_text_probe_options, control_types, curve_table
 from ..probing.plots import plot_probe_curves
 from ..probing.probes import ProbeConfig, check_probe_inputs, probe_layers
 
@@ -237,15 +237,8 @@ class SafetyConcepts(Analyzer):
         check_block_site(info, cfg.hook_point, f"{what}.hook_point")
         if cfg.steer and cfg.hook_point not in SITES:
             raise ConfigError(f"{what}.hook_point: steering adds at {', '.join(SITES)}; {cfg.hook_point!r} is not one")
-        if cfg.pooling not in TEXT_POOLINGS:
-            raise ConfigError(f"{what}.pooling: {cfg.pooling!r} is not one of {', '.join(TEXT_POOLINGS)}")
+        check_text_probe_options(what, cfg.pooling, cfg.max_texts, probe_config(cfg), "seeds, c_grid")
         layers = check_layers(info, cfg.layers, f"{what}.layers")
-        if cfg.max_texts is not None and cfg.max_texts < 3:
-            raise ConfigError(f"{what}.max_texts: {cfg.max_texts}; a train/validation/test split needs at least 3")
-        try:
-            probe_config(cfg).validate()
-        except ConfigError as err:
-            raise ConfigError(f"{what}: {err} (options seeds, c_grid)") from None
         concepts = load_concepts(cfg, what)
         # an encoder has no next-token log-probabilities to steer: probes and directions only
         # (run() says so in the summary's notes)
