@@ -187,7 +187,7 @@ def load_artifact(directory: str | Path, kind: str, what: str | None = None) -> 
     if not isinstance(meta, dict):
         raise ConfigError(f"{where}: {meta_path} is corrupt (not a JSON object); save the {kind} again")
     if meta.get("kind") != kind:
-        raise ConfigError(f"{where}: {directory} holds a {meta.get('kind')!r}, not a {kind}")
+        raise ConfigError(f"{where}: {directory} holds an artifact of kind {meta.get('kind')!r}, not {kind!r}")
     version = meta.get("format_version")
     if version != ARTIFACT_FORMAT:
         raise ConfigError(

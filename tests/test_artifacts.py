@@ -66,7 +66,7 @@ def _rewrite_meta(path, **changes):
 CORRUPTIONS = {
     "json_garbage": (lambda p: (p / META_FILE).write_text("{not json"), r"artifact.json is corrupt \(not valid JSON"),
     "json_list": (lambda p: (p / META_FILE).write_text("[1, 2]"), r"corrupt \(not a JSON object\)"),
-    "other_kind": (lambda p: _rewrite_meta(p, kind="failure_predictor"), r"holds a 'failure_predictor', not a"),
+    "other_kind": (lambda p: _rewrite_meta(p, kind="failure_predictor"), r"kind 'failure_predictor', not 'example"),
     "newer_format": (lambda p: _rewrite_meta(p, format_version=99), r"format version 99 .*reads version 1: fit it"),
     "tensors_edited": (
         lambda p: (p / TENSORS_FILE).write_bytes((p / TENSORS_FILE).read_bytes()[:-4] + b"\0\0\0\1"),

@@ -212,7 +212,7 @@ def test_corrupt_files_are_refused(fitted, tmp_path):
     record = json.loads(good)
     record["kind"] = "failure_predictor"
     meta.write_text(json.dumps(record))
-    with pytest.raises(ConfigError, match="not a anomaly_detector"):
+    with pytest.raises(ConfigError, match="not .anomaly_detector."):
         AnomalyDetector.load(path)
 
 
