@@ -8,6 +8,7 @@ import math
 
 import pytest
 import torch
+from interpsuite_plugins.safety.generation import generate
 from interpsuite_plugins.safety.refusal import (
     DECLINE_FILE,
     HARMLESS_FILE,
@@ -19,7 +20,6 @@ from interpsuite_plugins.safety.refusal import (
     default_layers,
     format_prompts,
     forward_scores,
-    generate,
     greedy_reference,
     last_logp,
     random_like,

@@ -34,7 +34,8 @@ ALIGNMENTS = ("mean", "first", "last")
 Progress = Callable[[Iterable, str], Iterable]
 
 
-def _no_progress(iterable: Iterable, desc: str = "") -> Iterable:
+def no_progress(iterable: Iterable, desc: str = "") -> Iterable:
+    """The `progress` of callers that show none (what `RunContext.progress` stands in for)."""
     return iterable
 
 
@@ -64,7 +65,7 @@ def pooled_features(
     *,
     batch_size: int = 8,
     max_length: int | None = 128,
-    progress: Progress = _no_progress,
+    progress: Progress = no_progress,
     desc: str = "capture",
 ) -> tuple[list[torch.Tensor], list[int]]:
     """([n, d] float32 CPU tensor per hook, the text index of each row) from one pass per batch."""
@@ -134,7 +135,7 @@ def word_features(
     *,
     batch_size: int = 8,
     max_length: int | None = 128,
-    progress: Progress = _no_progress,
+    progress: Progress = no_progress,
     desc: str = "capture words",
 ) -> WordFeatures:
     """One example per word of each sentence (a list of words), by the module's alignment rule."""

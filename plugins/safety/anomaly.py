@@ -51,7 +51,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -61,6 +61,9 @@ import torch
 
 from interpsuite.artifacts import Artifact, ModelFingerprint, load_artifact, save_artifact
 from interpsuite.errors import ConfigError
+
+from ..probing.capture import Progress, no_progress
+from .texts import check_texts
 
 __all__ = [
     "AGGREGATES",
@@ -82,28 +85,6 @@ KIND = "anomaly_detector"
 METHODS = ("mahalanobis", "knn")
 POOLINGS = ("mean", "last")
 AGGREGATES = ("mean", "max")
-
-Progress = Callable[[Iterable, str], Iterable]
-
-
-def _no_progress(iterable: Iterable, desc: str = "") -> Iterable:
-    return iterable
-
-
-def check_texts(texts: Sequence[str] | str, what: str) -> list[str]:
-    """Texts as a list; an empty (or whitespace-only) text or a non-string is one ConfigError naming its index."""
-    if isinstance(texts, str):
-        texts = [texts]
-    texts = list(texts)
-    if not texts:
-        raise ConfigError(f"{what}: no texts given; give at least one non-empty text")
-    for index, text in enumerate(texts):
-        if not isinstance(text, str):
-            raise ConfigError(f"{what}: text {index} is a {type(text).__name__}, not a string")
-        if not text.strip():
-            raise ConfigError(f"{what}: text {index} is empty (or only whitespace); remove it or give it content")
-    return texts
-
 
 # --------------------------------------------------------------------------------------------
 # streamed moments and Ledoit-Wolf
@@ -216,9 +197,9 @@ class DetectorConfig:
     seed: int = 0  # the held-out split and the knn reservoir
 
     def validate(self, info, what: str = "anomaly detector") -> DetectorConfig:
-        from interpsuite_plugins.probing.capture import check_block_site
-
         from interpsuite.analyzer import check_layers
+
+        from ..probing.capture import check_block_site
 
         if self.method not in METHODS:
             raise ConfigError(f"{what}.method: {self.method!r} is not one of {', '.join(METHODS)}")
@@ -433,7 +414,7 @@ class AnomalyDetector:
         config = config.validate(model.info, "anomaly detector")
         texts = check_texts(texts, what)
         n_train, n_cal = config.check_sizes(len(texts), what)
-        progress = progress or _no_progress
+        progress = progress or no_progress
         order = np.random.default_rng(config.seed).permutation(len(texts))
         train = [texts[i] for i in sorted(order[n_cal:])]
         calibration = [texts[i] for i in sorted(order[:n_cal])]
@@ -557,7 +538,7 @@ class AnomalyDetector:
         ordered = [texts[i] for i in order]
         for part in _capture(
             model, ordered, hooks, cfg.pooling, batch_size=batch_size or cfg.batch_size, max_length=cfg.max_length,
-            keep_tokens=per_token, progress=progress or _no_progress, desc="anomaly score",
+            keep_tokens=per_token, progress=progress or no_progress, desc="anomaly score",
         ):  # fmt: skip
             raws.append(self.text_level.raw(part.pooled, cfg.k))
             if per_token and part.tokens is not None and self.token_level is not None:

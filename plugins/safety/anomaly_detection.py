@@ -34,7 +34,8 @@ from interpsuite.errors import ConfigError
 from interpsuite.models import ModelInfo
 from interpsuite.results import Result
 
-from .anomaly import AGGREGATES, METHODS, AnomalyDetector, AnomalyScores, DetectorConfig, check_texts
+from .anomaly import AGGREGATES, METHODS, AnomalyDetector, AnomalyScores, DetectorConfig
+from .texts import check_texts
 
 DATA_DIR = Path(__file__).parent / "data"
 SHIPPED_NORMAL = DATA_DIR / "normal_en.txt"

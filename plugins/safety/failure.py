@@ -41,7 +41,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -53,7 +53,10 @@ import torch
 from interpsuite.artifacts import ModelFingerprint, load_artifact, save_artifact
 from interpsuite.errors import ConfigError
 
+from ..probing.capture import Progress, no_progress
 from .failure_tasks import TaskItem, is_correct, normalise, prepare_prompt
+from .generation import generate
+from .texts import check_texts
 
 KIND = "failure_predictor"
 FAMILIES: tuple[str, ...] = ("output", "logit_lens", "attention", "residual", "probe")
@@ -62,12 +65,6 @@ LENS_FEATURES = ("logit_lens.first_layer", "logit_lens.settle_layer")
 ATTENTION_STATS = ("mean", "max", "min")
 BASELINE_FEATURE = "output.top1_prob"
 DEFAULT_C_GRID: tuple[float, ...] = (0.01, 0.1, 1.0, 10.0)
-
-Progress = Callable[[Iterable, str], Iterable]
-
-
-def _no_progress(iterable: Iterable, desc: str = "") -> Iterable:
-    return iterable
 
 
 # --- feature spec ------------------------------------------------------------------------
@@ -128,32 +125,10 @@ class Labelled:
 
 
 def greedy_answers(model, prompts: Sequence[str], steps: int, max_length: int | None = 128) -> list[list[int]]:
-    """Greedy continuations (token ids, `steps` at most, stopping at EOS) of a batch of prompts.
-
-    Labels need no intervention, so this is transformers' own cached `generate` on left-padded
-    rows (`mechanistic.steering.greedy_generate` reruns the whole prefix at every step, ~5x
-    slower for this). The analyzer checks that its first token equals the top-1 token of the
-    right-padded feature pass."""
-    tok = model.tokenizer
-    encoded = tok(list(prompts), truncation=max_length is not None, max_length=max_length)["input_ids"]
-    pad = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
-    width = max(len(row) for row in encoded)
-    ids = torch.full((len(encoded), width), int(pad), dtype=torch.long)
-    mask = torch.zeros((len(encoded), width), dtype=torch.long)
-    for i, row in enumerate(encoded):
-        ids[i, width - len(row) :] = torch.tensor(row, dtype=torch.long)
-        mask[i, width - len(row) :] = 1
-    with torch.no_grad():
-        out = model.hf_model.generate(
-            input_ids=ids.to(model.device), attention_mask=mask.to(model.device), max_new_tokens=steps,
-            do_sample=False, temperature=None, top_p=None, top_k=None, pad_token_id=int(pad),
-        )  # fmt: skip
-    eos = tok.eos_token_id
-    answers = []
-    for row in out[:, width:].tolist():
-        cut = row.index(eos) + 1 if eos is not None and eos in row else len(row)
-        answers.append(row[:cut])
-    return answers
+    """Greedy continuations (token ids, `steps` at most, up to and with EOS) of a batch of prompts:
+    `generation.generate` with no intervention (cached, left-padded). The analyzer checks that
+    the first token equals the top-1 token of the right-padded feature pass."""
+    return generate(model, prompts, [[]], steps, max_length, batch_rows=len(prompts), keep_eos=True)[0]
 
 
 def answer_steps(tokenizer, prompt: str, answers: Sequence[str]) -> int:
@@ -187,7 +162,7 @@ def label_items(
     max_length: int | None = 128,
     max_new_tokens: int = 8,
     first_tokens: Sequence[int] | None = None,
-    progress: Progress = _no_progress,
+    progress: Progress = no_progress,
 ) -> Labelled:
     """Greedy continuations of every prompt and whether each is correct (the failure labels).
 
@@ -238,19 +213,6 @@ class Extraction:
         )
 
 
-def check_prompts(prompts: Sequence[str], what: str = "failure prediction") -> list[str]:
-    """Non-empty strings, or one line naming the first bad one."""
-    if isinstance(prompts, str):
-        prompts = [prompts]
-    prompts = list(prompts)
-    if not prompts:
-        raise ConfigError(f"{what}: no prompts given; give at least one non-empty text")
-    for number, prompt in enumerate(prompts, start=1):
-        if not isinstance(prompt, str) or not prompt.strip():
-            raise ConfigError(f"{what}: text {number} is empty ({prompt!r}); give a non-empty prompt")
-    return prompts
-
-
 def _entropy(p: torch.Tensor) -> torch.Tensor:
     return -(p * torch.log(p.clamp_min(1e-30))).sum(-1)
 
@@ -263,13 +225,13 @@ def extract(
     *,
     batch_size: int = 8,
     max_length: int | None = 128,
-    progress: Progress = _no_progress,
+    progress: Progress = no_progress,
 ) -> Extraction:
     """The features of every prompt, one forward pass per batch (the `output` family is always
     computed: the baseline needs it)."""
     from ..mechanistic.lens import first_match, settle
 
-    prompts = check_prompts(prompts)
+    prompts = check_texts(prompts, "failure prediction")
     info = model.info
     n_layers = info.n_layers
     families = check_families(families)
@@ -577,7 +539,7 @@ class FailurePredictor:
         self, model, prompts: Sequence[str] | str, *, batch_size: int = 8, max_length: int | None = 128
     ) -> FailureScores:
         """Probability that the model answers each prompt wrongly, with per-feature contributions."""
-        prompts = check_prompts(prompts)
+        prompts = check_texts(prompts, "failure prediction")
         if self.fingerprint is not None:
             _check(self, model)
         if self.n_layers is None:

@@ -23,7 +23,7 @@ A plain Python API (no pipeline needed); the `refusal_direction` analyzer is a t
   AND out of every attention and MLP output, so no component can write it back
   (`ablation_interventions`). Activation addition adds the (unnormalised) mean difference at the
   chosen layer, at every position (`addition_interventions`).
-* `generate` is greedy decoding under a list of interventions per condition, batched over
+* `generation.generate` is greedy decoding under a list of interventions per condition, batched over
   prompts and conditions (each condition's interventions apply to its own rows): Hugging
   Face `generate` with the key/value cache runs inside `HookedModel.hooks`. Every
   intervention used here acts on each position independently (no position lists), so
@@ -33,7 +33,6 @@ A plain Python API (no pipeline needed); the `refusal_direction` analyzer is a t
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -403,62 +402,6 @@ def score_candidates(
 
 
 # --- generation ----------------------------------------------------------------------------------
-def _left_padded(model: HookedModel, batch: TokenBatch) -> tuple[torch.Tensor, torch.Tensor, int]:
-    pad = model.tokenizer.pad_token_id
-    if pad is None:
-        pad = model.tokenizer.eos_token_id if model.tokenizer.eos_token_id is not None else 0
-    width = batch.input_ids.shape[1]
-    ids = torch.full_like(batch.input_ids, int(pad))
-    mask = torch.zeros_like(batch.attention_mask)
-    for r, length in enumerate(batch.lengths.tolist()):
-        ids[r, width - length :] = batch.input_ids[r, :length]
-        mask[r, width - length :] = 1
-    return ids, mask, int(pad)
-
-
-def generate(
-    model: HookedModel,
-    prompts: Sequence[str],
-    conditions: Sequence[Sequence[Intervention]],
-    max_new_tokens: int,
-    max_length: int | None = None,
-    batch_rows: int = 48,
-) -> list[list[list[int]]]:
-    """Greedy continuations (token ids, EOS dropped): result[c][p] for condition c and prompt p.
-
-    One Hugging Face `generate` call per chunk of prompts covers every condition: row
-    c * n + p of the chunk carries condition c's interventions (their `rows`). The key/value
-    cache is exact here because every intervention acts on each position alone."""
-    from transformers import GenerationConfig
-
-    n_conditions = len(conditions)
-    out: list[list[list[int]]] = [[] for _ in conditions]
-    per_chunk = max(1, batch_rows // max(1, n_conditions))
-    eos = model.tokenizer.eos_token_id
-    for start in range(0, len(prompts), per_chunk):
-        chunk = list(prompts[start : start + per_chunk])
-        n = len(chunk)
-        batch = model.tokenize(chunk, max_length)
-        ids, mask, pad = _left_padded(model, batch)
-        ids, mask = ids.repeat(n_conditions, 1), mask.repeat(n_conditions, 1)
-        ivs = [
-            dataclasses.replace(iv, rows=list(range(c * n, (c + 1) * n)))
-            for c, condition in enumerate(conditions)
-            for iv in condition
-        ]
-        config = GenerationConfig(
-            max_new_tokens=max_new_tokens, do_sample=False, num_beams=1, pad_token_id=pad, eos_token_id=eos
-        )
-        with torch.no_grad(), model.hooks(interventions=ivs):
-            tokens = model.hf_model.generate(input_ids=ids, attention_mask=mask, generation_config=config)
-        new = tokens[:, ids.shape[1] :].tolist()
-        for r, row in enumerate(new):
-            if eos is not None and eos in row:
-                row = row[: row.index(eos)]
-            out[r // n].append(row)
-    return out
-
-
 def greedy_reference(
     model: HookedModel, prompt: str, interventions: Sequence[Intervention], max_new_tokens: int
 ) -> list[int]:

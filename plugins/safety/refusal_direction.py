@@ -39,6 +39,7 @@ from interpsuite.figures import FigureStyle
 from interpsuite.models import HookedModel, ModelInfo
 from interpsuite.results import Result
 
+from .generation import generate
 from .refusal import (
     DECLINE_FILE,
     DEFAULT_PHRASES,
@@ -55,7 +56,6 @@ from .refusal import (
     default_layers,
     format_prompts,
     forward_scores,
-    generate,
     greedy_reference,
     last_logp,
     random_like,
