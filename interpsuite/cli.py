@@ -69,6 +69,12 @@ def _compare(args: argparse.Namespace) -> int:
     return compare_command(args.run_dirs, args.out, args.allow_different_inputs)
 
 
+def _figures(args: argparse.Namespace) -> int:
+    from .figure_command import figures_command
+
+    return figures_command(args)
+
+
 COMMANDS = {
     "plugins": _plugins,
     "models": _models,
@@ -76,6 +82,7 @@ COMMANDS = {
     "cache": _cache,
     "new-plugin": _new_plugin,
     "compare": _compare,
+    "figures": _figures,
 }
 
 
@@ -101,6 +108,14 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--out", default="comparison", help="output folder (default: ./comparison)")
     compare.add_argument(
         "--allow-different-inputs", action="store_true", help="compare runs made on different texts (off: refused)"
+    )
+    from .figure_command import add_arguments as figure_arguments
+
+    figure_arguments(
+        sub.add_parser(
+            "figures",
+            help="redraw a run's figures from saved data in a paper/slides/poster style; `figures compose SPEC.yaml`",
+        )
     )
     sub.add_parser("run", help="run an experiment (same as python -m interpsuite ...)")
     for name, command in plugin_commands().items():

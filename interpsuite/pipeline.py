@@ -36,6 +36,7 @@ from .plugins import PluginRegistry, get_registry
 from .results import Result
 from .settings import (
     FiguresConfig,
+    FigureStyleSettings,
     ModelSettings,
     RunSettings,
     check_writable_dir,
@@ -129,6 +130,7 @@ class InterpretabilityPipeline:
         wandb: Mapping[str, Any] | None = None,
         table_format: str = "csv",
         figures: FiguresConfig | Mapping[str, Any] | None = None,
+        figure_style: FigureStyleSettings | Mapping[str, Any] | str | None = None,
         fail_fast: bool = False,
         progress: bool = True,
         resolved_config: dict | None = None,
@@ -150,6 +152,9 @@ class InterpretabilityPipeline:
         self.wandb_options = wandb if wandb is not None else {"mode": "offline"}
         self.table_format = table_format
         self.figures = figures if figures is not None else FiguresConfig()
+        if isinstance(figure_style, str):
+            figure_style = {"preset": figure_style}
+        self.figure_style = figure_style if figure_style is not None else FigureStyleSettings()
         self.fail_fast = fail_fast
         self.progress = progress
         self.resolved_config = resolved_config
@@ -223,9 +228,11 @@ class InterpretabilityPipeline:
                 "sinks": list(self.sink_names) if isinstance(self.sink_names, (list, tuple)) else self.sink_names,
                 "wandb": self.wandb_options,
                 "figures": self.figures,
+                "figure_style": self.figure_style,
                 "experiment_name": self.experiment,
             },
         )
+        self.figure_style = settings.figure_style
         self.seed, self.batch_size, self.fail_fast = settings.seed, settings.batch_size, settings.fail_fast
         self.progress, self.table_format, self.sink_names = settings.progress, settings.table_format, settings.sinks
         self.figures = settings.figures
@@ -343,6 +350,7 @@ class InterpretabilityPipeline:
             batch_size=self.batch_size,
             max_length=self.data.max_length,
             seed=self.seed,
+            style=self.figure_style.style(),
             show_progress=self.progress,
         )
         run_dir = plan.run_dir
@@ -489,6 +497,7 @@ class InterpretabilityPipeline:
             "checks": {k: c.to_dict() for k, c in result.checks.items()},
             "summary": result.summary,
             "artifacts": {},
+            "figure_data": {},
         }
         if usage is not None:
             entry["inputs"] = usage.summary()
@@ -506,6 +515,9 @@ class InterpretabilityPipeline:
             "batch_size": self.batch_size,
             "sinks": self.sink_names,
             "wandb": self.wandb_options,
+            "figure_style": dataclasses.asdict(self.figure_style)
+            if dataclasses.is_dataclass(self.figure_style)
+            else self.figure_style,
         }
 
 

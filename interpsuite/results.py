@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 from dataclasses import dataclass, field
@@ -48,6 +49,8 @@ class Result:
     summary: dict[str, Any] = field(default_factory=dict)
     #: text files (self-contained HTML views, reports): name with suffix -> content
     artifacts: dict[str, str] = field(default_factory=dict)
+    #: figure name -> the data it was drawn from (`add_figure`), saved so it can be redrawn
+    figure_data: dict[str, Any] = field(default_factory=dict)
     status: str = "ok"
     error: str | None = None
     duration_s: float = 0.0
@@ -56,6 +59,30 @@ class Result:
         check = Check(float(value), float(threshold), mode)
         self.checks[name] = check
         return check
+
+    def add_figure(self, name: str, plot: Any, *args: Any, **kwargs: Any) -> Any:
+        """Draw `plot(*args, **kwargs)` as `figures[name]` and keep its data for redrawing.
+
+        `plot` is a pure function marked with `@figure_function`; its FigureStyle argument
+        (if any) is applied around the call and replaced by the chosen style when the figure
+        is redrawn by `interpsuite figures`. The arguments are saved as they are now.
+        """
+        from .figure_data import FigureRecipe, UnsavableArgumentError
+        from .figures import FigureStyle
+
+        style = next((a for a in (*args, *kwargs.values()) if isinstance(a, FigureStyle)), None)
+        try:
+            recipe = FigureRecipe.capture(plot, args, kwargs, style)
+        except UnsavableArgumentError as err:
+            from .errors import PluginError
+
+            raise PluginError(f"figure {name!r}: {err}") from None
+        context = style.context() if style is not None else contextlib.nullcontext()
+        with context:
+            figure = plot(*args, **kwargs)
+        self.figures[name] = figure
+        self.figure_data[name] = recipe
+        return figure
 
     @property
     def failed_checks(self) -> list[str]:
@@ -124,4 +151,9 @@ def contract_errors(payload: dict, run_dir: Path | None = None) -> list[str]:
                 for rel in paths:
                     if not (run_dir / rel).is_file():
                         errors.append(f"{name}: figure file {rel} missing")
+            for figure, rel in entry.get("figure_data", {}).items():
+                if figure not in entry.get("figures", {}):
+                    errors.append(f"{name}: figure data {rel} for a figure that is not listed")
+                if not (run_dir / rel / "figure.json").is_file():
+                    errors.append(f"{name}: figure data {rel}/figure.json missing")
     return errors

@@ -189,6 +189,25 @@ class FiguresConfig:
 
 
 @dataclass
+class FigureStyleSettings:
+    """The `figure_style` group: a preset (default, paper, slides, poster) and overrides."""
+
+    preset: str = constrained("default", choices=("default", "paper", "slides", "poster"))
+    column: str = constrained("double", choices=("single", "double"))
+    font_size: float | None = constrained(None, min=4, example=8)
+    width: float | None = constrained(None, min=1, example=6.75)
+    height: float | None = constrained(None, min=1, example=4)
+    dpi: int | None = constrained(None, min=50, example=300)
+
+    def style(self):
+        """The FigureStyle these settings stand for."""
+        from .figures import preset
+
+        overrides = {"font_size": self.font_size, "width": self.width, "height": self.height, "dpi": self.dpi}
+        return preset(self.preset, self.column, **overrides)
+
+
+@dataclass
 class WandbSettings:
     """The `wandb` group: offline by default (files under the run dir, no account needed)."""
 
@@ -213,6 +232,7 @@ class RunSettings:
     sinks: list[str] = constrained(factory=lambda: ["rundir", "wandb"], example="[rundir]")
     wandb: WandbSettings = field(default_factory=lambda: WandbSettings())
     figures: FiguresConfig = field(default_factory=FiguresConfig)
+    figure_style: FigureStyleSettings = field(default_factory=FigureStyleSettings)
     experiment_name: str = "run"
 
 

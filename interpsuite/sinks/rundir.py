@@ -65,6 +65,8 @@ DEFAULT_FIGURE_FORMATS = ("png", "pdf")
 def save_figure(figure: Any, stem: Path, formats: Sequence[str] = DEFAULT_FIGURE_FORMATS) -> list[Path]:
     """Write `figure` as <stem>.<format> for each format, cropped to its contents; returns the paths.
 
+    Fonts are embedded as TrueType (Type 42) in PDF, never as Type 3 (which some venues refuse).
+
     Why not `figure.savefig(path, bbox_inches="tight")` per format: for a figure with a layout
     engine (all of FigureStyle's use constrained layout) every such call draws the figure twice
     (once without output, to run the layout and measure the tight box, once for real), and
@@ -111,8 +113,9 @@ def save_figure(figure: Any, stem: Path, formats: Sequence[str] = DEFAULT_FIGURE
         with rc_context({"figure.autolayout": False, "figure.constrained_layout.use": False}):
             figure.set_layout_engine(None)
     try:
-        for path in paths:
-            figure.savefig(path, bbox_inches=box)
+        with rc_context({"pdf.fonttype": 42, "ps.fonttype": 42}):
+            for path in paths:
+                figure.savefig(path, bbox_inches=box)
     finally:
         if engine is not None:
             figure.set_layout_engine(engine)
@@ -158,6 +161,11 @@ class RunDirSink(Sink):
             rel = Path("figures") / folder / figure_files[name]
             saved = save_figure(figure, self.run.run_dir / rel, formats)
             entry["figures"][name] = [path.relative_to(self.run.run_dir).as_posix() for path in saved]
+            recipe = result.figure_data.get(name)
+            if recipe is not None:  # the data behind the figure, for `interpsuite figures`
+                data_rel = Path("figure_data") / folder / figure_files[name]
+                recipe.save(self.run.run_dir / data_rel)
+                entry.setdefault("figure_data", {})[name] = data_rel.as_posix()
 
     def save(self, payload: dict[str, Any]) -> None:
         write_results(self.results_path, payload)

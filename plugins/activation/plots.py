@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from interpsuite.figures import FigureStyle
+from interpsuite.figures import FigureStyle, figure_function
 
 PANELS = (
     ("std", "std of activations", "linear"),
@@ -15,6 +15,7 @@ PANELS = (
 )
 
 
+@figure_function
 def plot_layer_profile(table: pd.DataFrame, model_name: str, style: FigureStyle):
     """Per-layer curves of each statistic, one line per hook point."""
     fig, axes = style.figure(2, 2, scale=(1.3, 1.4))
@@ -34,6 +35,7 @@ def plot_layer_profile(table: pd.DataFrame, model_name: str, style: FigureStyle)
     return fig
 
 
+@figure_function
 def plot_unit_histograms(neurons: pd.DataFrame, style: FigureStyle):
     """Histograms of per-neuron mean activation and activation frequency at a few layers."""
     layers = sorted(neurons["layer"].unique())

@@ -211,8 +211,8 @@ class ActivationStats(Analyzer):
                 unit_tables.append(frame)
         if unit_tables:
             result.tables["neuron_stats"] = pd.concat(unit_tables, ignore_index=True)
-            result.figures["neuron_histograms"] = plot_unit_histograms(result.tables["neuron_stats"], ctx.style)
-        result.figures["layer_profile"] = plot_layer_profile(table, info.name, ctx.style)
+            result.add_figure("neuron_histograms", plot_unit_histograms, result.tables["neuron_stats"], ctx.style)
+        result.add_figure("layer_profile", plot_layer_profile, table, info.name, ctx.style)
         if reference is not None:
             (key, x) = reference
             fresh = MomentAccumulator(x.shape[1], cfg.near_zero_threshold, cfg.dead_neuron_threshold)
