@@ -23,11 +23,13 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from .config import CONFIG_NAME, PRIMARY_CONFIG, compose, searchpath_override
+from .emergence import plan_emergence, run_planned
 from .errors import AnalyzerError, ConfigError, InterpsuiteError
 from .model_comparison import plan_comparison, run_comparison
 from .pipeline import EXIT_CONFIG, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, InterpretabilityPipeline
 from .report import format_report
 from .settings import check_writable_dir
+from .temporal import plan_temporal, run_temporal
 
 
 @dataclass
@@ -49,6 +51,14 @@ def run_job(cfg: DictConfig) -> int:
     hydra_cfg = HydraConfig.get()
     output_dir = Path(hydra_cfg.runtime.output_dir)
     try:
+        emergence = plan_emergence(_plain(cfg), output_dir)
+        if emergence is not None:
+            emergence.validate()
+            return run_emergence_job(emergence)
+        temporal = plan_temporal(_plain(cfg), output_dir, list(hydra_cfg.overrides.task))
+        if temporal is not None:
+            temporal.validate()  # every checkpoint's pipeline, before the first one loads
+            return run_temporal_job(temporal)
         plan = plan_comparison(_plain(cfg), output_dir, list(hydra_cfg.overrides.task))
         if plan is not None:
             plan.validate()
@@ -100,9 +110,10 @@ def preflight(overrides: list[str]) -> None:
         run_dir = OmegaConf.select(cfg, "hydra.run.dir")
     except (HydraException, OmegaConfBaseException) as err:
         raise _hydra_error(err) from None
-    plan = plan_comparison(_plain(cfg), run_dir, overrides)
+    plan = plan_emergence(_plain(cfg), run_dir) or plan_temporal(_plain(cfg), run_dir, overrides)
+    plan = plan if plan is not None else plan_comparison(_plain(cfg), run_dir, overrides)
     if plan is not None:
-        plan.validate()  # every model's pipeline, before the first one loads
+        plan.validate()  # every model's (checkpoint's) pipeline, before the first one loads
     else:
         InterpretabilityPipeline.from_config(cfg, output_dir=run_dir, user_overrides=overrides).validate()
     check_writable_dir(run_dir, "run directory (hydra.run.dir)", create=False)
@@ -127,6 +138,35 @@ def run_comparison_job(plan, output_dir: Path) -> int:
     shared = ", ".join(present) or "no shared analyses"
     print(f"comparison of {', '.join(plan.models)} ({shared}): {outcome.comparison.html}")
     return worst([r.exit_code for r in outcome.reports])
+
+
+def run_emergence_job(plan) -> int:
+    """`train:` (+experiment=induction_emergence): train with the monitor, then the summary."""
+    payload = run_planned(plan)
+    entry = payload["analyzers"][plan.experiment if plan.experiment in payload["analyzers"] else "induction_emergence"]
+    metrics = entry["metrics"]
+    failed = [name for name, check in entry["checks"].items() if not check["passed"]]
+    print(
+        f"induction score {metrics['initial_induction_score']:.3f} at step 0 -> {metrics['final_induction_score']:.3f} "
+        f"at the end; largest jump at step {metrics['jump_step']:.0f}; loss on the repeated copy "
+        f"{metrics['loss_second_copy_before_jump']:.3f} -> {metrics['loss_second_copy_at_jump']:.3f} at the jump; "
+        f"monitor {100 * metrics['monitor_fraction']:.1f}% of training time: {plan.output_dir}"
+    )
+    if failed:
+        _error(f"checks failed: {', '.join(failed)}")
+        return EXIT_FAILED
+    return EXIT_OK
+
+
+def run_temporal_job(plan) -> int:
+    """`checkpoints=...`: one pipeline per checkpoint (none for a monitor directory), then the summary."""
+    outcome = run_temporal(plan)
+    for report in outcome.reports:
+        print(format_report(report))
+    summary = outcome.result.summary
+    moved = ", ".join(f"{c['metric']} at step {c['split_step']}" for c in summary["top_changes"][:3]) or "nothing"
+    print(f"temporal summary of steps {summary['steps']} ({summary['source']}); moved most: {moved}: {plan.output_dir}")
+    return outcome.exit_code
 
 
 def _hydra_error(err: Exception) -> ConfigError:

@@ -165,6 +165,7 @@ class TrainingMonitor:
         figure_style: Any = None,
         figures: Mapping[str, Any] | None = None,
         log_to_wandb: bool = True,
+        draw_figures: bool | None = None,
         wandb_step_key: str = "train/global_step",
         progress: bool = False,
     ):
@@ -187,12 +188,22 @@ class TrainingMonitor:
         self.batch_size, self.seed, self.progress = batch_size, seed, progress
         self.figure_style, self.figures = figure_style, figures
         self.log_to_wandb, self.wandb_step_key = log_to_wandb, wandb_step_key
+        #: None: draw only when a W&B run will receive the figures; otherwise save their data only
+        #: (drawing costs more than a small model's analyses; `interpsuite figures` draws later)
+        self._draw_figures = draw_figures
         self.steps: list[MonitorStep] = []
         self.monitor_time_s = 0.0
         self._started: float | None = None
         self._model: torch.nn.Module | None = None
         self._tokenizer: Any = None
         self._info: dict[str, Any] = {}
+
+    @property
+    def draw_figures(self) -> bool:
+        if self._draw_figures is not None:
+            return self._draw_figures
+        wandb = sys.modules.get("wandb")
+        return self.log_to_wandb and wandb is not None and getattr(wandb, "run", None) is not None
 
     # --- lifecycle ------------------------------------------------------------------------------
     def _pipeline(self, hooked, output_dir: Path | None):
@@ -210,6 +221,7 @@ class TrainingMonitor:
             figure_style=self.figure_style,
             figures=self.figures,
             progress=self.progress,
+            draw_figures=self.draw_figures,
         )
 
     def start(self, model: torch.nn.Module, tokenizer: Any) -> None:

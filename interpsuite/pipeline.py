@@ -7,6 +7,7 @@ minute. A failing analyzer is recorded as failed and the others still run.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib.util
 import logging
@@ -33,7 +34,7 @@ from .models.loading import load_model
 from .models.placement import resolve_placement
 from .models.usage import InputUsage, record_inputs
 from .plugins import PluginRegistry, get_registry
-from .results import Result
+from .results import Result, figures_deferred
 from .settings import (
     FiguresConfig,
     FigureStyleSettings,
@@ -133,6 +134,7 @@ class InterpretabilityPipeline:
         figure_style: FigureStyleSettings | Mapping[str, Any] | str | None = None,
         fail_fast: bool = False,
         progress: bool = True,
+        draw_figures: bool = True,
         resolved_config: dict | None = None,
         registry: PluginRegistry | None = None,
     ):
@@ -157,6 +159,8 @@ class InterpretabilityPipeline:
         self.figure_style = figure_style if figure_style is not None else FigureStyleSettings()
         self.fail_fast = fail_fast
         self.progress = progress
+        #: False: figures are saved as data only (figure_data/), drawn later by `interpsuite figures`
+        self.draw_figures = draw_figures
         self.resolved_config = resolved_config
         self.registry = registry or get_registry()
 
@@ -182,6 +186,16 @@ class InterpretabilityPipeline:
             raise ConfigError(
                 "models=[...] makes one run per model: use python -m interpsuite, or from Python "
                 "interpsuite.model_comparison.plan_comparison(config, output_dir) and run_comparison(plan)"
+            )
+        if container.get("train", 0) is None:  # no training experiment: a plain run
+            container.pop("train")
+        if container.get("checkpoints") in (None, [], ""):  # `temporal:` without checkpoints: one plain run
+            container.pop("checkpoints", None)
+            container.pop("temporal", None)
+        elif "checkpoints" in container:
+            raise ConfigError(
+                "checkpoints=... makes one run per checkpoint: use python -m interpsuite, or from Python "
+                "interpsuite.temporal.temporal_plan(checkpoints, ...) and run_temporal(plan)"
             )
         known = {f.name for f in dataclasses.fields(RunSettings)} | {"model", "data", "analyzers", "output_dir"}
         unknown = sorted(set(map(str, container)) - known)
@@ -464,7 +478,8 @@ class InterpretabilityPipeline:
 
     def _run_one(self, item: PlannedAnalyzer, ctx: RunContext, run_dir: Path) -> tuple[Result, InputUsage]:
         started = time.perf_counter()
-        with record_inputs() as usage:
+        drawing = contextlib.nullcontext() if self.draw_figures else figures_deferred()
+        with record_inputs() as usage, drawing:
             try:
                 result = item.analyzer.run(ctx)
                 if not isinstance(result, Result):
@@ -519,6 +534,51 @@ class InterpretabilityPipeline:
             if dataclasses.is_dataclass(self.figure_style)
             else self.figure_style,
         }
+
+
+def record_result(
+    run_dir: Path,
+    experiment: str,
+    name: str,
+    result: Result,
+    *,
+    model: dict,
+    inputs: dict,
+    config: dict,
+    settings: RunSettings | None = None,
+    started: float | None = None,
+    extra: dict | None = None,
+) -> dict:
+    """A run directory holding one result made outside a pipeline run (a temporal summary, a
+    training experiment), written by the run-directory sink so it follows the results contract
+    and `interpsuite figures` redraws its figures."""
+    settings = settings or RunSettings()
+    run = RunInfo(
+        run_dir=run_dir,
+        experiment=experiment,
+        model=model,
+        inputs=inputs,
+        config=config,
+        options={"table_format": settings.table_format, "figure_formats": settings.figures.formats},
+    )
+    sink = RunDirSink(run)
+    entry = InterpretabilityPipeline._entry(result)
+    with settings.figure_style.style().context():  # saved under the rcParams they were drawn with
+        sink.write(name, result, entry)
+    payload = {
+        "interpsuite_version": __version__,
+        "experiment": experiment,
+        "status": "complete",
+        "model": model,
+        "inputs": inputs,
+        "duration_s": time.perf_counter() - started if started is not None else result.duration_s,
+        "analyzers": {name: entry},
+        "sinks": {RunDirSink.name: {"status": "ok", "error": None}},
+        **(extra or {}),
+    }
+    sink.save(payload)
+    _close_figures(result)
+    return payload
 
 
 def _close_figures(result: Result) -> None:

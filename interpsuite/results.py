@@ -5,11 +5,30 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+from collections.abc import Iterator
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 RESULTS_FILE = "results.json"
+
+#: inside `figures_deferred()`, add_figure saves a figure's data without drawing it
+_DEFER_DRAWING: ContextVar[bool] = ContextVar("interpsuite_defer_drawing", default=False)
+
+
+@contextlib.contextmanager
+def figures_deferred() -> Iterator[None]:
+    """Figures made inside are saved as data only; `interpsuite figures RUN_DIR` draws them later.
+
+    For runs repeated many times where nobody looks at every picture (the training monitor):
+    on a small model, drawing and saving figures costs more than the analyses themselves.
+    """
+    token = _DEFER_DRAWING.set(True)
+    try:
+        yield
+    finally:
+        _DEFER_DRAWING.reset(token)
 
 
 @dataclass
@@ -66,6 +85,7 @@ class Result:
         `plot` is a pure function marked with `@figure_function`; its FigureStyle argument
         (if any) is applied around the call and replaced by the chosen style when the figure
         is redrawn by `interpsuite figures`. The arguments are saved as they are now.
+        Inside `figures_deferred()` only the data is kept (returns None).
         """
         from .figure_data import FigureRecipe, UnsavableArgumentError
         from .figures import FigureStyle
@@ -77,11 +97,13 @@ class Result:
             from .errors import PluginError
 
             raise PluginError(f"figure {name!r}: {err}") from None
+        self.figure_data[name] = recipe
+        if _DEFER_DRAWING.get():
+            return None
         context = style.context() if style is not None else contextlib.nullcontext()
         with context:
             figure = plot(*args, **kwargs)
         self.figures[name] = figure
-        self.figure_data[name] = recipe
         return figure
 
     @property

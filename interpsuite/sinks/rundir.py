@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -13,6 +14,9 @@ from ..settings import FIGURE_FORMATS
 from .base import RunInfo, Sink
 
 _SAFE = re.compile(r"[^A-Za-z0-9_.-]+")
+# embedding TrueType fonts in PDFs runs fontTools' subsetter, which logs a dozen INFO lines per
+# file; under Hydra's INFO logging they buried the run's own messages
+logging.getLogger("fontTools").setLevel(logging.WARNING)
 
 
 def safe_name(name: str) -> str:
@@ -156,10 +160,12 @@ class RunDirSink(Sink):
             path.write_text(text, encoding="utf-8")
             entry.setdefault("artifacts", {})[name] = rel.as_posix()
         formats = tuple(self.run.options.get("figure_formats", DEFAULT_FIGURE_FORMATS))
-        figure_files = distinct_names(result.figures)
-        for name, figure in result.figures.items():
+        names = [*result.figures, *(n for n in result.figure_data if n not in result.figures)]
+        figure_files = distinct_names(names)
+        for name in names:
             rel = Path("figures") / folder / figure_files[name]
-            saved = save_figure(figure, self.run.run_dir / rel, formats)
+            figure = result.figures.get(name)  # None: drawing deferred, only the data is saved
+            saved = save_figure(figure, self.run.run_dir / rel, formats) if figure is not None else []
             entry["figures"][name] = [path.relative_to(self.run.run_dir).as_posix() for path in saved]
             recipe = result.figure_data.get(name)
             if recipe is not None:  # the data behind the figure, for `interpsuite figures`
