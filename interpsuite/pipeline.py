@@ -419,7 +419,8 @@ class InterpretabilityPipeline:
                 inputs_entry.update({k: v for k, v in used.summary().items() if k != "max_length"})
                 report.results[item.name] = result
                 entry = self._entry(result, usage)
-                self._deliver(item.name, result, entry, rundir, sinks, payload["sinks"])
+                with ctx.style.context():  # figures are saved under the rcParams they were drawn with
+                    self._deliver(item.name, result, entry, rundir, sinks, payload["sinks"])
                 payload["analyzers"][item.name] = entry
                 payload["duration_s"] = time.perf_counter() - started
                 self._save(rundir, payload)

@@ -192,7 +192,7 @@ class ActivationClustering(Analyzer):
             }
         )
         title = f"k-means of blocks.{layer}.{cfg.hook_point} ({ctx.model.info.name}, k={k}, {len(x)} tokens)"
-        result.figures["projection"] = plot_cluster_projection(points, labels, names, method, title, ctx.style)
+        result.add_figure("projection", plot_cluster_projection, points, labels, names, method, title, ctx.style)
         result.summary = {
             "layer": layer,
             "hook_point": cfg.hook_point,

@@ -305,8 +305,8 @@ class ConceptNeurons(Analyzer):
         )
         result.tables["top_neurons"] = top_table
         result.tables["best_per_layer"] = layer_table
-        result.figures["effect_sizes"] = plot_effect_sizes(layer_table, top_table, data.name, ctx.style)
-        result.figures["heldout_auc"] = plot_heldout_auc(top_table, cfg.min_auc, data.name, ctx.style)
+        result.add_figure("effect_sizes", plot_effect_sizes, layer_table, top_table, data.name, ctx.style)
+        result.add_figure("heldout_auc", plot_heldout_auc, top_table, cfg.min_auc, data.name, ctx.style)
 
         overlap = len({data.texts[i] for i in train} & {data.texts[i] for i in test_ids})
         result.add_check("train_test_overlap_texts", overlap, 0)

@@ -207,7 +207,10 @@ class MaxActivating(Analyzer):
         result.artifacts["max_activating.html"] = max_activating_html(
             views["neurons"], f"Max-activating examples: {info.name}, {cfg.hook_point}"
         )
-        result.figures["top_activations"] = plot_top_activations(table, ctx.style)
+        # only what the figure draws: the context strings stay in the table
+        result.add_figure(
+            "top_activations", plot_top_activations, table[["layer", "unit", "rank", "activation"]], ctx.style
+        )
         result.add_check("recomputed_batched_rel_error", views["batched_error"], 1e-4)
         result.add_check("top_example_single_text_rel_error", self._single_text_error(ctx, table, cfg), 1e-4)
         result.metrics["neurons"] = float(len(neurons))

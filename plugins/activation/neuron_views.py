@@ -8,7 +8,7 @@ import html
 import numpy as np
 import pandas as pd
 
-from interpsuite.figures import FigureStyle
+from interpsuite.figures import FigureStyle, figure_function
 
 # --- max-activating examples ---------------------------------------------------------------
 
@@ -78,6 +78,7 @@ def max_activating_html(neurons: list[dict], title: str) -> str:
     return "\n".join(parts)
 
 
+@figure_function
 def plot_top_activations(table: pd.DataFrame, style: FigureStyle):
     """Each neuron's top-k activations (rank on x), one line per neuron."""
     fig, axes = style.figure(1, 1)
@@ -96,6 +97,7 @@ def plot_top_activations(table: pd.DataFrame, style: FigureStyle):
 # --- concept neurons -------------------------------------------------------------------------
 
 
+@figure_function
 def plot_effect_sizes(layer_best: pd.DataFrame, top: pd.DataFrame, concept: str, style: FigureStyle):
     """Left: the largest |Cohen's d| per layer. Right: the top neurons' signed d."""
     fig, axes = style.figure(1, 2, scale=(1.4, 1.0))
@@ -117,6 +119,7 @@ def plot_effect_sizes(layer_best: pd.DataFrame, top: pd.DataFrame, concept: str,
     return fig
 
 
+@figure_function
 def plot_heldout_auc(top: pd.DataFrame, min_auc: float, concept: str, style: FigureStyle):
     """Held-out AUC of each top neuron as a one-neuron classifier, with 0.5 and min_auc marked."""
     fig, axes = style.figure(1, 1)
@@ -136,6 +139,7 @@ def plot_heldout_auc(top: pd.DataFrame, min_auc: float, concept: str, style: Fig
 # --- activation clustering -------------------------------------------------------------------
 
 
+@figure_function
 def plot_cluster_projection(
     points: np.ndarray, labels: np.ndarray, names: list[str], method: str, title: str, style: FigureStyle
 ):

@@ -43,7 +43,7 @@ import pandas as pd
 
 from interpsuite.analyzer import Analyzer, RunContext
 from interpsuite.errors import ConfigError
-from interpsuite.figures import FigureStyle
+from interpsuite.figures import FigureStyle, figure_function
 from interpsuite.models import ModelInfo, describe_model, load_model
 from interpsuite.results import Result
 
@@ -161,6 +161,7 @@ def entropy_profile(captured: list[TextPatterns], info: ModelInfo) -> pd.DataFra
 # --- figures --------------------------------------------------------------------------------------
 
 
+@figure_function
 def plot_js_by_head(by_head: pd.DataFrame, model_name: str, style: FigureStyle):
     """Heatmaps (layer x head) of the mean JS divergence over text pairs, both definitions."""
     fig, axes = style.figure(1, 2, scale=(1.3, 1.0))
@@ -180,6 +181,7 @@ def plot_js_by_head(by_head: pd.DataFrame, model_name: str, style: FigureStyle):
     return fig
 
 
+@figure_function
 def plot_js_pairs(pairs: pd.DataFrame, style: FigureStyle):
     """Text x text matrix of the JS divergence averaged over heads (prefix definition)."""
     texts = sorted({*pairs["text_a"], *pairs["text_b"]})
@@ -200,6 +202,7 @@ def plot_js_pairs(pairs: pd.DataFrame, style: FigureStyle):
     return fig
 
 
+@figure_function
 def plot_entropy_by_depth(profiles: pd.DataFrame, style: FigureStyle):
     """Mean attention entropy per layer against relative depth, one line per model."""
     fig, axes = style.figure(1, 2, scale=(1.3, 1.0))
@@ -333,8 +336,8 @@ class AttentionComparison(Analyzer):
                 [int(r.layer), int(r.head), round(float(r.js_distance_mean), 4)]
                 for r in ranked.tail(5).iloc[::-1].itertuples()
             ]
-            result.figures["js_by_head"] = plot_js_by_head(by_head, info.name, ctx.style)
-            result.figures["js_pairs"] = plot_js_pairs(result.tables["js_pairs"], ctx.style)
+            result.add_figure("js_by_head", plot_js_by_head, by_head, info.name, ctx.style)
+            result.add_figure("js_pairs", plot_js_pairs, result.tables["js_pairs"], ctx.style)
         result.summary["across_inputs"] = summary
 
     # --- across models ---------------------------------------------------------------------------
@@ -379,7 +382,7 @@ class AttentionComparison(Analyzer):
         table = pd.concat(profiles, ignore_index=True)
         result.tables["entropy_profiles"] = table
         result.tables["models"] = pd.DataFrame(models)
-        result.figures["entropy_by_depth"] = plot_entropy_by_depth(table, ctx.style)
+        result.add_figure("entropy_by_depth", plot_entropy_by_depth, table, ctx.style)
         for model, frame in table.groupby("model", sort=False):
             value = frame["mean_normalised_entropy"].mean()
             result.metrics[f"entropy.{_metric_name(model)}.mean_normalised"] = (

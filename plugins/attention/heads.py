@@ -305,7 +305,9 @@ class HeadClassification(Analyzer):
         bars = {"none": clean, f"top-{cfg.n_ablate} induction": induction_loss}
         if random_losses:
             bars[f"random x{len(random_losses)}"] = random_mean
-        result.figures["ablation_loss"] = plot_ablation_losses(
+        result.add_figure(
+            "ablation_loss",
+            plot_ablation_losses,
             bars,
             {f"random x{len(random_losses)}": spread},
             f"{ctx.model.info.name}: zero-ablating {cfg.n_ablate} heads on repeated random tokens",
@@ -356,8 +358,17 @@ class HeadClassification(Analyzer):
             "local": f"local score (keys i-{cfg.window}..i-1)",
         }
         for name in SCORES:
-            result.figures[f"{name}_scores"] = plot_layer_head_heatmap(
-                scores[name], layers, heads, f"{info.name}: {titles[name]}", "score", ctx.style, 0.0, 1.0
+            result.add_figure(
+                f"{name}_scores",
+                plot_layer_head_heatmap,
+                scores[name],
+                layers,
+                heads,
+                f"{info.name}: {titles[name]}",
+                "score",
+                ctx.style,
+                0.0,
+                1.0,
             )
             result.metrics[f"max.{name}"] = float(scores[name].max())
             result.metrics[f"heads_above_threshold.{name}"] = float((scores[name] >= cfg.threshold).sum())

@@ -246,8 +246,8 @@ class AttentionPatterns(Analyzer):
                     )
                 )
             title = f"{info.name}: attention of layer {layer}, head {head}"
-            result.figures[f"head_L{layer:02d}_H{head:02d}"] = plot_head_patterns(
-                panels, title, ctx.style, cfg.max_label_tokens
+            result.add_figure(
+                f"head_L{layer:02d}_H{head:02d}", plot_head_patterns, panels, title, ctx.style, cfg.max_label_tokens
             )
         if long_rows:
             result.tables["patterns"] = pd.concat(long_rows, ignore_index=True)
@@ -255,8 +255,14 @@ class AttentionPatterns(Analyzer):
         grid_text = min(cfg.grid_text, len(texts) - 1)
         grid = {(layer, head): matrix(grid_text, layer, head) for layer, head in all_heads}
         preview = "".join(batch.tokens[grid_text])[:60]
-        result.figures["pattern_grid"] = plot_pattern_grid(
-            grid, layers, heads, f"{info.name}: attention patterns of text {grid_text} ({preview!r})", ctx.style
+        result.add_figure(
+            "pattern_grid",
+            plot_pattern_grid,
+            grid,
+            layers,
+            heads,
+            f"{info.name}: attention patterns of text {grid_text} ({preview!r})",
+            ctx.style,
         )
 
         result.metrics["n_texts"] = float(len(texts))
@@ -402,14 +408,35 @@ class AttentionEntropy(Analyzer):
         result.tables["entropy_by_head"] = by_head
         result.tables["entropy_by_position"] = by_position
         heads = list(range(info.n_heads))
-        result.figures["mean_entropy"] = plot_layer_head_heatmap(
-            mean_entropy, layers, heads, f"{info.name}: mean attention entropy", "nats", ctx.style
+        result.add_figure(
+            "mean_entropy",
+            plot_layer_head_heatmap,
+            mean_entropy,
+            layers,
+            heads,
+            f"{info.name}: mean attention entropy",
+            "nats",
+            ctx.style,
         )
-        result.figures["first_token_attention"] = plot_layer_head_heatmap(
-            sink, layers, heads, f"{info.name}: attention to the first token", "mean weight", ctx.style, 0.0, 1.0
+        result.add_figure(
+            "first_token_attention",
+            plot_layer_head_heatmap,
+            sink,
+            layers,
+            heads,
+            f"{info.name}: attention to the first token",
+            "mean weight",
+            ctx.style,
+            0.0,
+            1.0,
         )
-        result.figures["entropy_by_position"] = plot_entropy_by_position(
-            by_position, causal, f"{info.name}: attention entropy by query position", ctx.style
+        result.add_figure(
+            "entropy_by_position",
+            plot_entropy_by_position,
+            by_position,
+            causal,
+            f"{info.name}: attention entropy by query position",
+            ctx.style,
         )
 
         result.metrics["mean_entropy"] = float(mean_entropy.mean())

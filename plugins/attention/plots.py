@@ -7,7 +7,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from interpsuite.figures import FigureStyle
+from interpsuite.figures import FigureStyle, figure_function
 
 #: Above this many cells a layer x head heatmap is not annotated with its values.
 MAX_ANNOTATED_CELLS = 300
@@ -54,6 +54,7 @@ def draw_pattern(ax, matrix: np.ndarray, tokens: Sequence[str], style: FigureSty
     return image
 
 
+@figure_function
 def plot_head_patterns(
     panels: Sequence[tuple[str, np.ndarray, Sequence[str]]],
     title: str,
@@ -96,6 +97,7 @@ def pattern_mosaic(
     return mosaic
 
 
+@figure_function
 def plot_pattern_grid(
     patterns: Mapping[tuple[int, int], np.ndarray],
     layers: Sequence[int],
@@ -135,6 +137,7 @@ def plot_pattern_grid(
     return fig
 
 
+@figure_function
 def plot_layer_head_heatmap(
     values: np.ndarray,
     layers: Sequence[int],
@@ -169,6 +172,7 @@ def plot_layer_head_heatmap(
     return fig
 
 
+@figure_function
 def plot_entropy_by_position(table: pd.DataFrame, causal: bool, title: str, style: FigureStyle):
     """Mean attention entropy (over heads) against query position, one line per layer.
 
@@ -200,6 +204,7 @@ def plot_entropy_by_position(table: pd.DataFrame, causal: bool, title: str, styl
     return fig
 
 
+@figure_function
 def plot_ablation_losses(losses: Mapping[str, float], errors: Mapping[str, float], title: str, style: FigureStyle):
     """Bars of the loss under each ablation (error bars: spread over random head sets)."""
     fig, axes = style.figure(1, 1, scale=(0.8, 0.9))

@@ -33,7 +33,7 @@ import pandas as pd
 
 from interpsuite.analyzer import Analyzer, RunContext
 from interpsuite.errors import ConfigError
-from interpsuite.figures import FigureStyle
+from interpsuite.figures import FigureStyle, figure_function
 from interpsuite.models import HookedModel, ModelInfo
 from interpsuite.results import Result
 
@@ -222,6 +222,7 @@ def _label_axis(ax, tokens: list[str], which: str) -> None:
         ax.set_yticks(ticks, labels, fontsize="x-small")
 
 
+@figure_function
 def plot_rollout_layers(cumulative: np.ndarray, layers: list[int], tokens: list[str], title: str, style: FigureStyle):
     """Heatmaps of the layer-cumulative rollout R_l (output position x input token)."""
     n_layers = cumulative.shape[0]
@@ -244,6 +245,7 @@ def plot_rollout_layers(cumulative: np.ndarray, layers: list[int], tokens: list[
     return fig
 
 
+@figure_function
 def plot_rollout_vs_flow(
     tokens: list[str], raw: np.ndarray, rolled: np.ndarray, flow: np.ndarray | None, title: str, style: FigureStyle
 ):
@@ -393,10 +395,18 @@ class AttentionRollout(Analyzer):
             per_text.append({"text": t, "n_tokens": n, "output_position": main, "flow": flow is not None, **stats})
             if cfg.figures:
                 label = f"text {t}, {info.name}"
-                result.figures[f"rollout_layers_text{t}"] = plot_rollout_layers(
-                    cumulative, item.layers, tokens, f"Attention rollout by depth ({label})", ctx.style
+                result.add_figure(
+                    f"rollout_layers_text{t}",
+                    plot_rollout_layers,
+                    cumulative,
+                    item.layers,
+                    tokens,
+                    f"Attention rollout by depth ({label})",
+                    ctx.style,
                 )
-                result.figures[f"rollout_vs_flow_text{t}"] = plot_rollout_vs_flow(
+                result.add_figure(
+                    f"rollout_vs_flow_text{t}",
+                    plot_rollout_vs_flow,
                     tokens,
                     raw[-1, main],
                     final[main],

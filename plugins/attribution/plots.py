@@ -5,9 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from interpsuite.figures import FigureStyle
+from interpsuite.figures import FigureStyle, figure_function
 
 
+@figure_function
 def plot_token_heatmap(tokens: list[str], scores: dict[str, np.ndarray], title: str, style: FigureStyle):
     """Methods x tokens, each method's row scaled by its max |score| (diverging colours, 0 = white)."""
     names = list(scores)
@@ -22,6 +23,7 @@ def plot_token_heatmap(tokens: list[str], scores: dict[str, np.ndarray], title: 
     return fig
 
 
+@figure_function
 def plot_method_agreement(table: pd.DataFrame, style: FigureStyle):
     """Mean Spearman correlation and top-k overlap between every pair of methods (over texts)."""
     fig, axes = style.figure(ncols=2, scale=(1.4, 1.0))

@@ -237,11 +237,11 @@ class TokenAttribution(Analyzer):
             per_text.append(entry)
             if text_id == 0:
                 title = f"text 0: {spec.label}"
-                result.figures["token_heatmap"] = plot_token_heatmap(tokens, scores, title, ctx.style)
+                result.add_figure("token_heatmap", plot_token_heatmap, tokens, scores, title, ctx.style)
         result.tables["token_scores"] = pd.DataFrame(rows)
         if pairs:
             result.tables["method_agreement"] = pd.DataFrame(pairs)
-            result.figures["method_agreement"] = plot_method_agreement(result.tables["method_agreement"], ctx.style)
+            result.add_figure("method_agreement", plot_method_agreement, result.tables["method_agreement"], ctx.style)
         result.metrics["texts"] = float(len(texts))
         result.summary = {"methods": list(cfg.methods), "texts": per_text, "available_methods": available_methods()}
         if not fd_ok and any(m in FD_STEPS for m in cfg.methods):

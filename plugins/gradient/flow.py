@@ -95,7 +95,7 @@ class GradientFlow(Analyzer):
         for row in rows:
             result.metrics[f"{row['hook_point']}.layer{row['layer']}.grad_norm"] = row["mean_grad_norm"]
         result.metrics["target_mean"] = target_sum / texts
-        result.figures["gradient_flow"] = plot_gradient_flow(table, model.info.name, spec.label, ctx.style)
+        result.add_figure("gradient_flow", plot_gradient_flow, table, model.info.name, spec.label, ctx.style)
         if pairs:
             result.add_check("resid_post_equals_next_resid_pre_rel_err", identity_err, 1e-5)
         result.add_check("nonfinite_gradients", nonfinite, 0)
@@ -177,7 +177,9 @@ class AttentionGradients(Analyzer):
         table["rank"] = np.arange(1, len(table) + 1)
         result = Result()
         result.tables["head_importance"] = table
-        result.figures["head_importance"] = plot_head_heatmap(abs_mean, layers, model.info.name, spec.label, ctx.style)
+        result.add_figure(
+            "head_importance", plot_head_heatmap, abs_mean, layers, model.info.name, spec.label, ctx.style
+        )
         top = table.head(cfg.top_n)
         for _, row in top.iterrows():
             result.metrics[f"L{int(row['layer'])}H{int(row['head'])}.score"] = float(row["score"])

@@ -136,8 +136,13 @@ class NeuronImportance(Analyzer):
             result.metrics["sign_agreement_estimated_vs_real"] = sign_agree
             result.add_check("sweep_baseline_matches_forward_rel_err", baseline_err, 1e-4)
         result.add_check("nonfinite_attributions", nonfinite, 0)
-        result.figures["neuron_importance"] = plot_neuron_importance(
-            ranked.head(min(cfg.top_n, 30)), checked, model.info.name, ctx.style
+        result.add_figure(
+            "neuron_importance",
+            plot_neuron_importance,
+            ranked.head(min(cfg.top_n, 30)),
+            checked,
+            model.info.name,
+            ctx.style,
         )
         for r in ranked.head(min(cfg.top_n, 10)).itertuples():
             result.metrics[f"L{int(r.layer)}.N{int(r.neuron)}.mean_abs_attr"] = float(r.mean_abs_attr)

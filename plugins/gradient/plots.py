@@ -5,9 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from interpsuite.figures import FigureStyle
+from interpsuite.figures import FigureStyle, figure_function
 
 
+@figure_function
 def plot_gradient_flow(table: pd.DataFrame, model_name: str, target: str, style: FigureStyle):
     """Mean gradient norm per layer, one line per hook point, log scale."""
     fig, axes = style.figure(1, 1)
@@ -25,6 +26,7 @@ def plot_gradient_flow(table: pd.DataFrame, model_name: str, target: str, style:
     return fig
 
 
+@figure_function
 def plot_head_heatmap(scores: np.ndarray, layers: list[int], model_name: str, target: str, style: FigureStyle):
     """Layer x head heatmap of attention-attribution scores."""
     fig, axes = style.figure(1, 1)
@@ -38,6 +40,7 @@ def plot_head_heatmap(scores: np.ndarray, layers: list[int], model_name: str, ta
     return fig
 
 
+@figure_function
 def plot_neuron_importance(top: pd.DataFrame, checked: pd.DataFrame | None, model_name: str, style: FigureStyle):
     """Top neurons by mean |grad x act|; and estimated vs real ablation effects of the checked ones."""
     fig, axes = style.figure(1, 2, scale=(1.3, 1.0))

@@ -7,7 +7,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from interpsuite.figures import FigureStyle
+from interpsuite.figures import FigureStyle, figure_function
 
 #: Above this many cells per panel a heatmap is not annotated with its values.
 MAX_ANNOTATED_CELLS = 120
@@ -18,6 +18,7 @@ def _limit(values: Sequence[np.ndarray]) -> float:
     return float(np.abs(finite).max()) if finite.size and np.abs(finite).max() > 0 else 1.0
 
 
+@figure_function
 def plot_effect_heatmaps(
     maps: Mapping[str, np.ndarray],
     layers: Sequence[int],
@@ -55,6 +56,7 @@ def plot_effect_heatmaps(
     return fig
 
 
+@figure_function
 def plot_strategy_comparison(maps: Mapping[str, np.ndarray], title: str, label: str, style: FigureStyle):
     """Effects under one strategy against another, one dot per head, one panel per pair of strategies."""
     pairs = list(itertools.combinations(list(maps), 2))

@@ -297,7 +297,7 @@ class AttributionPatching(Analyzer):
                 )
         if frames:
             result.tables["layer_position"] = pd.concat(frames, ignore_index=True)
-            result.figures["layer_position"] = plot_layer_position(maps, layers, tokens, model.info.name, ctx.style)
+            result.add_figure("layer_position", plot_layer_position, maps, layers, tokens, model.info.name, ctx.style)
             result.summary["position_group"] = {
                 "rows": len(group),
                 "template": pb.pairs[group[0]].meta.get("template"),
@@ -342,12 +342,23 @@ class AttributionPatching(Analyzer):
             scale = max(float(np.abs(table["attribution"]).max()), 1e-12)
             result.add_check("first_order_rel_err", float(np.abs(fd - est).max()) / scale, FD_TOLERANCE)
         result.tables["heads"] = table
-        result.figures["head_attribution"] = plot_head_map(
-            head_map.numpy(), layers, "attribution patching estimate (normalised)", model.info.name, ctx.style
+        result.add_figure(
+            "head_attribution",
+            plot_head_map,
+            head_map.numpy(),
+            layers,
+            "attribution patching estimate (normalised)",
+            model.info.name,
+            ctx.style,
         )
         if real is not None:
-            result.figures["attribution_vs_patching"] = plot_attribution_vs_patching(
-                head_map.flatten().numpy(), real.flatten().numpy(), model.info.name, ctx.style
+            result.add_figure(
+                "attribution_vs_patching",
+                plot_attribution_vs_patching,
+                head_map.flatten().numpy(),
+                real.flatten().numpy(),
+                model.info.name,
+                ctx.style,
             )
         top = table.head(cfg.top_n)
         for r in top.head(10).itertuples():

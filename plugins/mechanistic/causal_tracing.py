@@ -593,7 +593,9 @@ class CausalTracing(Analyzer):
         result.add_check("noise_std_rel_err", abs(measured / noise_std - 1.0), tolerance)
         result.add_check("noise_outside_subject_max_abs", outside, 0.0)
 
-        result.figures["causal_trace"] = plot_bucket_heatmaps(
+        result.add_figure(
+            "causal_trace",
+            plot_bucket_heatmaps,
             {kind: tables[kind] for kind in cfg.kinds},
             BUCKET_LABELS,
             len(traces),
@@ -602,7 +604,9 @@ class CausalTracing(Analyzer):
             ctx.style,
         )
         item = first.prepared
-        result.figures["first_prompt_trace"] = plot_prompt_grid(
+        result.add_figure(
+            "first_prompt_trace",
+            plot_prompt_grid,
             grids,
             tokens,
             (item.start, item.end),

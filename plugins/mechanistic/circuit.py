@@ -384,11 +384,13 @@ class CircuitDiscovery(Analyzer):
         faith["logit_diff"] = faith["fraction_kept"] * m_full
         result.tables["faithfulness"] = faith
         circuit_rows = result.tables["circuit"]
-        result.figures["circuit_graph"] = plot_circuit_graph(
-            circuit_rows, info.n_layers, info.n_heads, info.name, ctx.style
+        result.add_figure(
+            "circuit_graph", plot_circuit_graph, circuit_rows, info.n_layers, info.n_heads, info.name, ctx.style
         )
-        result.figures["faithfulness"] = plot_faithfulness(faith, cfg.target, info.name, ctx.style)
-        result.figures["head_importance"] = plot_head_map(
+        result.add_figure("faithfulness", plot_faithfulness, faith, cfg.target, info.name, ctx.style)
+        result.add_figure(
+            "head_importance",
+            plot_head_map,
             (-inputs.estimate / m_full).numpy(),
             list(range(info.n_layers)),
             "estimated loss when ablated",

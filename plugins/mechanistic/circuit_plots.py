@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from interpsuite.figures import FigureStyle
+from interpsuite.figures import FigureStyle, figure_function
 
 
 def _symmetric_limit(values: np.ndarray) -> float:
@@ -13,6 +13,7 @@ def _symmetric_limit(values: np.ndarray) -> float:
     return float(finite.max()) if finite.size and finite.max() > 0 else 1.0
 
 
+@figure_function
 def plot_head_map(
     values: np.ndarray,
     layers: list[int],
@@ -45,6 +46,7 @@ def _frame(x: float, y: float):
     return Rectangle((x - 0.5, y - 0.5), 1, 1, fill=False, edgecolor="black", linewidth=1.2)
 
 
+@figure_function
 def plot_attribution_vs_patching(estimate: np.ndarray, real: np.ndarray, model_name: str, style: FigureStyle):
     """Scatter of attribution-patching estimates against real head patching, with the diagonal."""
     fig, axes = style.figure(1, 1)
@@ -61,6 +63,7 @@ def plot_attribution_vs_patching(estimate: np.ndarray, real: np.ndarray, model_n
     return fig
 
 
+@figure_function
 def plot_layer_position(maps: dict[str, np.ndarray], layers: list[int], tokens: list[str], model_name: str, style):
     """One layer x position heatmap per site (estimate of patching that site at that position)."""
     n = len(maps)
@@ -80,6 +83,7 @@ def plot_layer_position(maps: dict[str, np.ndarray], layers: list[int], tokens: 
     return fig
 
 
+@figure_function
 def plot_circuit_graph(heads: pd.DataFrame, n_layers: int, n_heads: int, model_name: str, style: FigureStyle):
     """The circuit as a graph: heads at (head, layer), coloured by their estimated importance.
 
@@ -132,6 +136,7 @@ def plot_circuit_graph(heads: pd.DataFrame, n_layers: int, n_heads: int, model_n
     return fig
 
 
+@figure_function
 def plot_faithfulness(table: pd.DataFrame, target: float, model_name: str, style: FigureStyle):
     """Fraction of the clean logit difference kept under each ablation condition."""
     fig, axes = style.figure(1, 1)

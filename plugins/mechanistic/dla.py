@@ -543,19 +543,22 @@ class DirectLogitAttributionAnalyzer(Analyzer):
             for r in best.itertuples():
                 result.metrics[f"heads.L{int(r.layer)}H{int(r.head)}"] = float(r.mean)
             framed = [(int(r.layer), int(r.head)) for r in best.itertuples()]
-            result.figures["heads"] = plot_head_contributions(
+            result.add_figure(
+                "heads", plot_head_contributions,
                 mean, framed, f"{info.name}: direct contribution of each head to the {diff_word}\n{plan.target_label}",
                 f"mean direct contribution ({n_eval} positions)", ctx.style,
             )  # fmt: skip
             result.add_check("heads_sum_to_attn_out_rel_err", heads_err, SUM_TOLERANCE)
 
         result.add_check("components_sum_to_logit_diff_rel_err", sum_err, SUM_TOLERANCE)
-        result.figures["layers"] = plot_layer_contributions(
+        result.add_figure(
+            "layers", plot_layer_contributions,
             layers, float(terms["embed"]), mean_diff,
             f"{info.name}: direct contribution by layer to the {diff_word}\n{plan.target_label}", ctx.style,
         )  # fmt: skip
         first = positions[positions.text_id == positions.text_id.min()]
-        result.figures["positions"] = plot_position_contributions(
+        result.add_figure(
+            "positions", plot_position_contributions,
             first, result.tables["position_layers"],
             f"{info.name}: direct contributions at every position of text {int(first.text_id.iloc[0])}", ctx.style,
         )  # fmt: skip

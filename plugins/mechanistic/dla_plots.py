@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.patches import Rectangle
 
-from interpsuite.figures import FigureStyle
+from interpsuite.figures import FigureStyle, figure_function
 
 #: above this many cells a heatmap is not annotated with its values
 MAX_ANNOTATED_CELLS = 120
@@ -36,6 +36,7 @@ def heads_matrix(heads: pd.DataFrame) -> np.ndarray:
     return heads.pivot(index="layer", columns="head", values="mean").sort_index().to_numpy()
 
 
+@figure_function
 def plot_head_contributions(
     values: np.ndarray, framed: Sequence[tuple[int, int]], title: str, label: str, style: FigureStyle
 ):
@@ -63,6 +64,7 @@ def plot_head_contributions(
     return fig
 
 
+@figure_function
 def plot_layer_contributions(layers: pd.DataFrame, embed: float, actual: float, title: str, style: FigureStyle):
     """Per layer: attention vs MLP direct contributions (bars), and the running sum from the
     embedding (line), which ends at the logit difference once the bias terms are added."""
@@ -86,6 +88,7 @@ def plot_layer_contributions(layers: pd.DataFrame, embed: float, actual: float, 
     return fig
 
 
+@figure_function
 def plot_position_contributions(positions: pd.DataFrame, position_layers: pd.DataFrame, title: str, style: FigureStyle):
     """One text: the direct terms at every position (stacked bars: embedding, attention, MLP,
     biases; dots: the model's own value; shaded: the positions the aggregates use) and the

@@ -353,10 +353,15 @@ class HeadAblation(Analyzer):
         critical, agreement = self.critical_heads(table, cfg.strategies, result)
         result.tables["critical_heads"] = critical
         title = f"{info.name}: head ablation effect on the {evaluation.label} ({evaluation.source})"
-        result.figures["effects"] = plot_effect_heatmaps(maps, layers, title, f"effect on {cfg.metric}", ctx.style)
+        result.add_figure("effects", plot_effect_heatmaps, maps, layers, title, f"effect on {cfg.metric}", ctx.style)
         if len(cfg.strategies) > 1:
-            result.figures["strategy_comparison"] = plot_strategy_comparison(
-                maps, f"{info.name}: the same heads under different ablations", f"effect on {cfg.metric}", ctx.style
+            result.add_figure(
+                "strategy_comparison",
+                plot_strategy_comparison,
+                maps,
+                f"{info.name}: the same heads under different ablations",
+                f"effect on {cfg.metric}",
+                ctx.style,
             )
 
         result.metrics[f"clean.{cfg.metric}"] = clean

@@ -246,16 +246,24 @@ class LogitLens(Analyzer):
         result.add_check("probabilities_normalised_max_err", norm_err, NORMALISATION_TOLERANCE)
         if grid is not None:
             cells, tokens = grid
-            result.figures["top_token_grid"] = plot_top_token_grid(
+            result.add_figure(
+                "top_token_grid",
+                plot_top_token_grid,
                 {L: (decode_ids(model, ids), p, start) for L, (ids, p, start) in cells.items()},
                 tokens,
                 model.info.name,
                 ctx.style,
             )
-        result.figures["target_by_layer"] = plot_target_by_layer(
-            result.tables["target_by_layer"], layer_table, model.info.name, target_label, ctx.style
+        result.add_figure(
+            "target_by_layer",
+            plot_target_by_layer,
+            result.tables["target_by_layer"],
+            layer_table,
+            model.info.name,
+            target_label,
+            ctx.style,
         )
-        result.figures["kl_by_layer"] = plot_kl_by_layer(layer_table, model.info.name, ctx.style)
+        result.add_figure("kl_by_layer", plot_kl_by_layer, layer_table, model.info.name, ctx.style)
         result.summary = {
             "target": target_label,
             "layers": [layer_label(L) for L in layers],

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-from interpsuite.figures import FigureStyle
+from interpsuite.figures import FigureStyle, figure_function
 
 #: characters of a decoded token shown in a grid cell
 CELL_CHARS = 8
@@ -31,6 +31,7 @@ def _positive(values: pd.Series) -> np.ndarray:
     return out
 
 
+@figure_function
 def plot_top_token_grid(
     cells: dict[int, tuple[Sequence[str], Sequence[float], int]],
     input_tokens: Sequence[str],
@@ -64,6 +65,7 @@ def plot_top_token_grid(
     return fig
 
 
+@figure_function
 def plot_target_by_layer(
     by_layer: pd.DataFrame, layers: pd.DataFrame, model_name: str, target: str, style: FigureStyle
 ):
@@ -91,6 +93,7 @@ def plot_target_by_layer(
     return fig
 
 
+@figure_function
 def plot_kl_by_layer(layers: pd.DataFrame, model_name: str, style: FigureStyle):
     """Mean KL(final || lens) and top-1 agreement with the final prediction, by layer."""
     fig, axes = style.figure(1, 2, scale=(1.4, 1.0))
@@ -109,6 +112,7 @@ def plot_kl_by_layer(layers: pd.DataFrame, model_name: str, style: FigureStyle):
     return fig
 
 
+@figure_function
 def plot_lens_comparison(heldout: pd.DataFrame, training: pd.DataFrame, model_name: str, style: FigureStyle):
     """Held-out KL to the final distribution by layer, logit lens vs tuned lens; and the training curve."""
     fig, axes = style.figure(1, 2, scale=(1.4, 1.0))

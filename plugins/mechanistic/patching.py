@@ -172,7 +172,7 @@ class ActivationPatching(Analyzer):
             values = norm(run.sweep(head_items(run, layers), cfg.batch_size, progress("heads")))
             grid = values.reshape(len(layers), model.info.n_heads).numpy()
             result.tables["heads"] = _head_table(grid, layers)
-            result.figures["heads"] = plot_head_grid(grid, layers, model.info.name, ctx.style)
+            result.add_figure("heads", plot_head_grid, grid, layers, model.info.name, ctx.style)
             top = result.tables["heads"].sort_values("patched", key=abs, ascending=False).head(10)
             result.summary["top_heads"] = [f"L{r.layer}H{r.head}: {r.patched:.3f}" for r in top.itertuples()]
             for r in top.itertuples():
@@ -246,8 +246,8 @@ class ActivationPatching(Analyzer):
                 "patched": round(float(peak.patched), 4),
             }
         if grids:
-            result.figures["layer_position"] = plot_layer_position(
-                grids, layers, tokens, ctx.model.info.name, ctx.style
+            result.add_figure(
+                "layer_position", plot_layer_position, grids, layers, tokens, ctx.model.info.name, ctx.style
             )
         if "heads_by_position" in sites:
             n_heads = ctx.model.info.n_heads
@@ -261,8 +261,14 @@ class ActivationPatching(Analyzer):
                 for i, L in enumerate(layers) for h in range(n_heads) for p in range(width)
             ]  # fmt: skip
             result.tables["heads_by_position"] = pd.DataFrame(rows)
-            result.figures["heads_by_position"] = plot_heads_by_position(
-                cube.numpy(), layers, tokens, ctx.model.info.name, ctx.style
+            result.add_figure(
+                "heads_by_position",
+                plot_heads_by_position,
+                cube.numpy(),
+                layers,
+                tokens,
+                ctx.model.info.name,
+                ctx.style,
             )
         result.summary["position_group"] = {"pairs": len(group), "tokens": tokens, "filled_zero_before": computed[0]}
 

@@ -6,6 +6,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from interpsuite.figures import figure_function
+
 TITLES = {"resid_pre": "residual stream (resid_pre)", "attn_out": "attention output", "mlp_out": "MLP output"}
 
 
@@ -14,6 +16,7 @@ def _limit(values: np.ndarray) -> float:
     return max(peak, 1e-6)
 
 
+@figure_function
 def plot_layer_position(grids: dict, layers: Sequence[int], tokens: Sequence[str], model: str, style):
     """One heatmap per site: layers (rows) x token positions (columns), 0 = corrupted, 1 = clean."""
     fig, axes = style.figure(1, len(grids), scale=(0.55 * len(grids) + 0.3, 1.2))
@@ -31,6 +34,7 @@ def plot_layer_position(grids: dict, layers: Sequence[int], tokens: Sequence[str
     return fig
 
 
+@figure_function
 def plot_head_grid(grid: np.ndarray, layers: Sequence[int], model: str, style):
     fig, axes = style.figure(1, 1, scale=(0.8, 1.2))
     ax = axes[0][0]
@@ -45,6 +49,7 @@ def plot_head_grid(grid: np.ndarray, layers: Sequence[int], model: str, style):
     return fig
 
 
+@figure_function
 def plot_heads_by_position(
     cube: np.ndarray, layers: Sequence[int], tokens: Sequence[str], model: str, style, top: int = 16
 ):

@@ -449,7 +449,9 @@ class Steering(Analyzer):
             by_coef[f"log_odds[{labels[0]} vs {labels[1]}]"] = log_odds
         result.tables["by_coefficient"] = by_coef
         title = f"{info.name}: steering at {hook} ({cfg.scale} units, {cfg.apply_at} positions), {base} prompts"
-        result.figures["target_probs"] = plot_target_probs(coefficients, mean_probs, labels, log_odds, title, ctx.style)
+        result.add_figure(
+            "target_probs", plot_target_probs, coefficients, mean_probs, labels, log_odds, title, ctx.style
+        )
 
         for i, c in enumerate(coefficients):
             for t, slug in enumerate(slugs):
@@ -472,8 +474,12 @@ class Steering(Analyzer):
         if cfg.n_generate > 0:
             generations = self.generate(ctx, prompts[: cfg.n_generate], hook, step, coefficients)
             result.tables["generations"] = generations
-            result.figures["generations"] = plot_generations(
-                generations, f"{info.name}: greedy continuations steered at {hook}", ctx.style
+            result.add_figure(
+                "generations",
+                plot_generations,
+                generations,
+                f"{info.name}: greedy continuations steered at {hook}",
+                ctx.style,
             )
         result.summary = {
             "hook": hook,

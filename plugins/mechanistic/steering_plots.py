@@ -8,12 +8,13 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-from interpsuite.figures import FigureStyle
+from interpsuite.figures import FigureStyle, figure_function
 
 #: characters per line of a generation in the generations figure
 WRAP = 70
 
 
+@figure_function
 def plot_target_probs(
     coefficients: Sequence[float],
     mean_probs: np.ndarray,
@@ -62,6 +63,7 @@ def visible(text: str) -> str:
     return "".join(out)
 
 
+@figure_function
 def plot_generations(generations: pd.DataFrame, title: str, style: FigureStyle):
     """The greedy continuations as text: one panel per prompt, one line per coefficient."""
     prompts = list(dict.fromkeys(generations["prompt_id"]))

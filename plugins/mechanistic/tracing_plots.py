@@ -7,7 +7,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from interpsuite.figures import FigureStyle
+from interpsuite.figures import FigureStyle, figure_function
 
 #: one colour map per kind, as in Meng et al. 2022 (hidden states purple, MLP green, attention red)
 KIND_CMAPS: dict[str, str] = {"resid": "Purples", "mlp": "Greens", "attn": "Reds"}
@@ -26,6 +26,7 @@ def _heatmap(fig, ax, values: np.ndarray, kind: str, label: str):
     fig.colorbar(image, ax=ax, label=label)
 
 
+@figure_function
 def plot_bucket_heatmaps(
     tables: Mapping[str, pd.DataFrame],
     bucket_labels: Mapping[str, str],
@@ -52,6 +53,7 @@ def plot_bucket_heatmaps(
     return fig
 
 
+@figure_function
 def plot_prompt_grid(
     grids: Mapping[str, np.ndarray],
     tokens: Sequence[str],

@@ -578,7 +578,7 @@ class TunedLensAnalyzer(Analyzer):
             model, lens, heldout, ctx.batch_size, ctx.max_length, progress, reloaded=reloaded
         )
         self._report(result, table, curve, info, cfg, split, heldout, n_eval, overlap, roundtrip, folder, origin)
-        result.figures["heldout_kl"] = plot_lens_comparison(table, pd.DataFrame(curve), info.name, ctx.style)
+        result.add_figure("heldout_kl", plot_lens_comparison, table, pd.DataFrame(curve), info.name, ctx.style)
         return result
 
     def _train(self, ctx, cfg: TunedLensConfig, split: Split, seed: int, progress):

@@ -26,6 +26,7 @@ import torch
 
 from interpsuite.analyzer import Analyzer, RunContext, check_layers
 from interpsuite.errors import ConfigError
+from interpsuite.figures import FigureStyle, figure_function
 from interpsuite.models import HookedModel, ModelInfo
 from interpsuite.results import Result
 
@@ -327,10 +328,16 @@ class BiasProbe(Analyzer):
 
         model_name = ctx.model.info.name
         if plan.weat:
-            result.figures["weat_effect_by_layer"] = plot_effect_by_layer(
-                weat, f"{model_name} {cfg.hook_point}: WEAT association effect size by layer", ctx.style
+            result.add_figure(
+                "weat_effect_by_layer",
+                plot_effect_by_layer,
+                weat,
+                f"{model_name} {cfg.hook_point}: WEAT association effect size by layer",
+                ctx.style,
             )
-        result.figures["target_projections"] = plot_projections(
+        result.add_figure(
+            "target_projections",
+            plot_projections,
             projections[projections["layer"] == shown_layer],
             f"{model_name} layer {shown_layer} {cfg.hook_point}: projection onto the {direction_label} direction",
             direction_label,
@@ -358,7 +365,8 @@ class BiasProbe(Analyzer):
         return result
 
 
-def plot_effect_by_layer(table: pd.DataFrame, title: str, style):
+@figure_function
+def plot_effect_by_layer(table: pd.DataFrame, title: str, style: FigureStyle):
     """WEAT effect size by layer, one line per test; circled where the permutation p < 0.05."""
     from matplotlib.ticker import MaxNLocator
 
@@ -378,7 +386,8 @@ def plot_effect_by_layer(table: pd.DataFrame, title: str, style):
     return fig
 
 
-def plot_projections(table: pd.DataFrame, title: str, direction_label: str, style):
+@figure_function
+def plot_projections(table: pd.DataFrame, title: str, direction_label: str, style: FigureStyle):
     """Target words' projections at one layer, sorted, as horizontal bars."""
     frame = table.sort_values("projection")
     height = max(1.0, len(frame) / 20)

@@ -241,17 +241,24 @@ class ConceptDirection(Analyzer):
 
         name = ctx.model.info.name
         if not result.tables["method_agreement"].empty:
-            result.figures["method_agreement"] = plot_method_agreement(
-                result.tables["method_agreement"], f"{name}: {task} directions, cosine between methods", ctx.style
+            result.add_figure(
+                "method_agreement",
+                plot_method_agreement,
+                result.tables["method_agreement"],
+                f"{name}: {task} directions, cosine between methods",
+                ctx.style,
             )
-        result.figures["layer_cosine"] = plot_similarity(
-            result.tables["layer_cosine"], "cosine", "layer_a", "layer_b",
+        result.add_figure(
+            "layer_cosine", plot_similarity, result.tables["layer_cosine"], "cosine", "layer_a", "layer_b",
             f"{name}: {task} {main} direction, cosine across layers", ctx.style,
         )  # fmt: skip
-        result.figures["projections"] = plot_projection_histograms(
-            result.tables["projections"], f"{name} layer {best}: projections on the {task} direction ({positive})",
+        result.add_figure(
+            "projections",
+            plot_projection_histograms,
+            result.tables["projections"],
+            f"{name} layer {best}: projections on the {task} direction ({positive})",
             ctx.style,
-        )  # fmt: skip
+        )
 
     def _save(self, ctx, result, task, directions, gaps, accuracy, best, positive) -> dict:
         cfg: ConceptDirectionConfig = self.cfg

@@ -31,6 +31,7 @@ import pandas as pd
 
 from interpsuite.analyzer import Analyzer, RunContext, check_layers
 from interpsuite.errors import ConfigError
+from interpsuite.figures import FigureStyle, figure_function
 from interpsuite.models import ModelInfo
 from interpsuite.results import Result
 
@@ -191,11 +192,16 @@ class CrossLingual(Analyzer):
         from .plots import plot_probe_curves
 
         title = f"{ctx.model.info.name} {cfg.hook_point}"
-        result.figures["retrieval_by_layer"] = plot_retrieval(
-            pivot_rows, chance, f"{title}: translation retrieval ({n} sentences)", ctx.style
+        result.add_figure(
+            "retrieval_by_layer",
+            plot_retrieval,
+            pivot_rows,
+            chance,
+            f"{title}: translation retrieval ({n} sentences)",
+            ctx.style,
         )
-        result.figures["cosine_by_layer"] = plot_cosines(
-            pivot_rows, f"{title}: translation vs non-translation cosine", ctx.style
+        result.add_figure(
+            "cosine_by_layer", plot_cosines, pivot_rows, f"{title}: translation vs non-translation cosine", ctx.style
         )
         if cfg.probe:
             feature_map = {(cfg.hook_point, layer): x for layer, x in zip(layers, feats, strict=True)}
@@ -206,8 +212,12 @@ class CrossLingual(Analyzer):
             result.metrics["language_id.best_accuracy"] = float(best["accuracy"])
             result.metrics["language_id.best_layer"] = float(best["layer"])
             result.metrics["language_id.majority_baseline"] = float(report.majority_baseline)
-            result.figures["language_id_by_layer"] = plot_probe_curves(
-                probe_table, f"{title}: language-identity probe ({len(labels)} examples)", ctx.style
+            result.add_figure(
+                "language_id_by_layer",
+                plot_probe_curves,
+                probe_table,
+                f"{title}: language-identity probe ({len(labels)} examples)",
+                ctx.style,
             )
         result.summary = summary
         return result
@@ -240,7 +250,8 @@ class CrossLingual(Analyzer):
         return pd.DataFrame(records, columns=list(COLUMNS)), max_abs
 
 
-def plot_retrieval(table: pd.DataFrame, chance: float, title: str, style):
+@figure_function
+def plot_retrieval(table: pd.DataFrame, chance: float, title: str, style: FigureStyle):
     """Retrieval accuracy@1 by layer, one line per source -> target pair, chance dashed."""
     fig, axes = style.figure()
     ax = axes[0, 0]
@@ -256,7 +267,8 @@ def plot_retrieval(table: pd.DataFrame, chance: float, title: str, style):
     return fig
 
 
-def plot_cosines(table: pd.DataFrame, title: str, style):
+@figure_function
+def plot_cosines(table: pd.DataFrame, title: str, style: FigureStyle):
     """Mean translation and non-translation cosine by layer (averaged over the pairs given)."""
     frame = table.groupby("layer", sort=True)[["translation_cosine", "non_translation_cosine"]].mean()
     fig, axes = style.figure()

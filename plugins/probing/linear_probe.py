@@ -274,7 +274,7 @@ class LinearProbe(Analyzer):
         for hook_point, frame in table.groupby("hook_point", sort=False):
             suffix = "" if len(cfg.hook_points) == 1 else f"_{hook_point.replace('.', '_')}"
             title = f"{ctx.model.info.name} {hook_point}: {name} probe ({report.n_examples} examples)"
-            result.figures[f"{name}{suffix}_by_layer"] = plot_probe_curves(frame, title, ctx.style)
+            result.add_figure(f"{name}{suffix}_by_layer", plot_probe_curves, frame, title, ctx.style)
 
 
 def curve_table(task: str, report: ProbeReport) -> pd.DataFrame:

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import pandas as pd
 
-from interpsuite.figures import FigureStyle
+from interpsuite.figures import FigureStyle, figure_function
 
 #: above this many cells a similarity heatmap is not annotated with its values
 MAX_ANNOTATED_CELLS = 64
 
 
+@figure_function
 def plot_similarity(table: pd.DataFrame, value: str, rows: str, columns: str, title: str, style: FigureStyle):
     """A heatmap of `value` over (rows, columns) of a long table, e.g. CKA over layer pairs."""
     grid = table.pivot(index=rows, columns=columns, values=value).sort_index().sort_index(axis=1)
@@ -39,6 +40,7 @@ def plot_similarity(table: pd.DataFrame, value: str, rows: str, columns: str, ti
     return fig
 
 
+@figure_function
 def plot_probe_curves(table: pd.DataFrame, title: str, style: FigureStyle):
     """Accuracy (with its interval over seeds), control accuracy and chance by layer; selectivity below."""
     frame = table.sort_values("layer")
@@ -68,6 +70,7 @@ def plot_probe_curves(table: pd.DataFrame, title: str, style: FigureStyle):
     return fig
 
 
+@figure_function
 def plot_method_agreement(table: pd.DataFrame, title: str, style: FigureStyle):
     """Cosine between direction estimators, one line per pair of methods, by layer."""
     fig, axes = style.figure()
@@ -84,6 +87,7 @@ def plot_method_agreement(table: pd.DataFrame, title: str, style: FigureStyle):
     return fig
 
 
+@figure_function
 def plot_projection_histograms(table: pd.DataFrame, title: str, style: FigureStyle):
     """Per method, the distribution of each class's projections on the (unit) direction."""
     methods = list(dict.fromkeys(table["method"]))

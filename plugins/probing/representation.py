@@ -104,16 +104,23 @@ class RepresentationSimilarity(Analyzer):
 
         what = "debiased linear CKA" if cfg.debiased else "linear CKA"
         title = f"{ctx.model.info.name} {cfg.hook_point}: {what} ({n} {cfg.pooling} examples)"
-        result.figures["layer_cka"] = plot_similarity(table, "cka", "layer_a", "layer_b", title, ctx.style)
+        result.add_figure("layer_cka", plot_similarity, table, "cka", "layer_a", "layer_b", title, ctx.style)
         if cfg.rsa:
             rsa_title = f"{ctx.model.info.name} {cfg.hook_point}: RSA ({int(small[0].shape[0])} examples)"
-            result.figures["layer_rsa"] = plot_similarity(table, "rsa", "layer_a", "layer_b", rsa_title, ctx.style)
+            result.add_figure("layer_rsa", plot_similarity, table, "rsa", "layer_a", "layer_b", rsa_title, ctx.style)
         if cfg.models:
             cross = self._compare_models(ctx, layers, own, cfg)
             result.tables["model_similarity"] = cross
             for other, frame in cross.groupby("model_b"):
-                result.figures[f"cka_vs_{other}"] = plot_similarity(
-                    frame, "cka", "layer_a", "layer_b", f"{ctx.model.info.name} vs {other}: {what}", ctx.style
+                result.add_figure(
+                    f"cka_vs_{other}",
+                    plot_similarity,
+                    frame,
+                    "cka",
+                    "layer_a",
+                    "layer_b",
+                    f"{ctx.model.info.name} vs {other}: {what}",
+                    ctx.style,
                 )
         result.summary = {
             "layers": layers,

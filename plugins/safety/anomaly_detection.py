@@ -31,6 +31,7 @@ import pandas as pd
 from interpsuite.analyzer import Analyzer, RunContext
 from interpsuite.data import FileOptions, read_file
 from interpsuite.errors import ConfigError
+from interpsuite.figures import FigureStyle, figure_function
 from interpsuite.models import ModelInfo
 from interpsuite.results import Result
 
@@ -238,9 +239,14 @@ class AnomalyDetection(Analyzer):
             if cfg.token_scores and scores.tokens is not None:
                 result.tables["input_token_scores"] = _token_table(scores)
         title = f"{model.info.name} {cfg.hook_point} ({cfg.method}, {cfg.pooling} pooling)"
-        result.figures["auroc_heatmap"] = plot_auroc_heatmap(auroc, title, ctx.style)
-        result.figures["score_histograms"] = plot_score_histograms(
-            result.tables["scores"], detector.text_level.threshold, title, ctx.style
+        result.add_figure("auroc_heatmap", plot_auroc_heatmap, auroc, title, ctx.style)
+        result.add_figure(
+            "score_histograms",
+            plot_score_histograms,
+            result.tables["scores"],
+            detector.text_level.threshold,
+            title,
+            ctx.style,
         )
         result.summary = {
             "detector": detector.summary(),
@@ -308,7 +314,8 @@ def _token_table(scores: AnomalyScores) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def plot_auroc_heatmap(table: pd.DataFrame, title: str, style):
+@figure_function
+def plot_auroc_heatmap(table: pd.DataFrame, title: str, style: FigureStyle):
     """AUROC of each OOD set (rows) at each layer and aggregated (columns)."""
     pivot = table.pivot(index="set", columns="layer", values="auroc")
     layer_cols = sorted((c for c in pivot.columns if c != "aggregated"), key=int)
@@ -326,7 +333,8 @@ def plot_auroc_heatmap(table: pd.DataFrame, title: str, style):
     return fig
 
 
-def plot_score_histograms(scores: pd.DataFrame, threshold: float, title: str, style):
+@figure_function
+def plot_score_histograms(scores: pd.DataFrame, threshold: float, title: str, style: FigureStyle):
     """Distribution of the aggregated score per set, with the threshold (symmetric-log x axis:
     OOD scores can be a hundred times the normal range, which a linear axis would squash)."""
     fig, axes = style.figure()

@@ -26,6 +26,7 @@ import pandas as pd
 
 from interpsuite.analyzer import Analyzer, RunContext, check_layers
 from interpsuite.errors import ConfigError
+from interpsuite.figures import FigureStyle, figure_function
 from interpsuite.models import ModelInfo
 from interpsuite.results import Result
 
@@ -320,13 +321,19 @@ class FailurePrediction(Analyzer):
     def _figures(result: Result, ctx: RunContext, cfg, evaluation: Evaluation, per_task: pd.DataFrame) -> None:
         name = ctx.model.info.name
         n_test = len(evaluation.test)
-        result.figures["roc"] = plot_roc(
-            roc_table(evaluation), f"{name}: held-out ROC, failure = wrong answer ({n_test})", ctx.style
+        result.add_figure(
+            "roc",
+            plot_roc,
+            roc_table(evaluation),
+            f"{name}: held-out ROC, failure = wrong answer ({n_test})",
+            ctx.style,
         )
-        result.figures["reliability"] = plot_reliability(
-            evaluation.reliability, f"{name}: reliability (held out)", ctx.style
+        result.add_figure(
+            "reliability", plot_reliability, evaluation.reliability, f"{name}: reliability (held out)", ctx.style
         )
-        result.figures["feature_importance"] = plot_importance(
+        result.add_figure(
+            "feature_importance",
+            plot_importance,
             evaluation.coefficients,
             evaluation.feature_sets,
             cfg.top_features,
@@ -344,7 +351,8 @@ def roc_table(evaluation: Evaluation) -> pd.DataFrame:
     return pd.concat(parts, ignore_index=True)
 
 
-def plot_roc(table: pd.DataFrame, title: str, style):
+@figure_function
+def plot_roc(table: pd.DataFrame, title: str, style: FigureStyle):
     fig, axes = style.figure()
     ax = axes[0, 0]
     for key, part in table.groupby("predictor", sort=False):
@@ -359,7 +367,8 @@ def plot_roc(table: pd.DataFrame, title: str, style):
     return fig
 
 
-def plot_reliability(table: pd.DataFrame, title: str, style):
+@figure_function
+def plot_reliability(table: pd.DataFrame, title: str, style: FigureStyle):
     """Observed failure rate against mean predicted probability per bin; bar widths show counts."""
     fig, axes = style.figure(nrows=2, scale=(1.0, 1.4))
     ax, counts = axes[0, 0], axes[1, 0]
@@ -381,7 +390,8 @@ def plot_reliability(table: pd.DataFrame, title: str, style):
     return fig
 
 
-def plot_importance(coefficients: pd.DataFrame, feature_sets: pd.DataFrame, top: int, title: str, style):
+@figure_function
+def plot_importance(coefficients: pd.DataFrame, feature_sets: pd.DataFrame, top: int, title: str, style: FigureStyle):
     """Standardised coefficients (largest |value|) and the held-out AUROC of each feature set."""
     fig, axes = style.figure(nrows=2, scale=(1.0, 1.8))
     ax = axes[0, 0]

@@ -35,7 +35,7 @@ import torch
 from interpsuite.analyzer import Analyzer, RunContext, check_layers
 from interpsuite.directions import write_direction
 from interpsuite.errors import AnalyzerError, ConfigError
-from interpsuite.figures import FigureStyle
+from interpsuite.figures import FigureStyle, figure_function
 from interpsuite.models import HookedModel, ModelInfo
 from interpsuite.results import Result
 
@@ -316,15 +316,28 @@ class RefusalDirection(Analyzer):
         )  # fmt: skip
 
         title = f"{info.name}: refusal direction candidates ({cfg.site}, select_by={cfg.select_by})"
-        result.figures["candidate_effects"] = plot_candidates(
-            result.tables["candidates"], layers, positions, (layer, position), title, ctx.style
+        result.add_figure(
+            "candidate_effects",
+            plot_candidates,
+            result.tables["candidates"],
+            layers,
+            positions,
+            (layer, position),
+            title,
+            ctx.style,
         )
-        result.figures["refusal_rates"] = plot_rates(
-            rates, f"{info.name}: refusal by condition (test split)", ctx.style
+        result.add_figure(
+            "refusal_rates", plot_rates, rates, f"{info.name}: refusal by condition (test split)", ctx.style
         )
-        if cfg.n_samples > 0:
-            result.figures["generations"] = plot_samples(
-                generations, cfg.n_samples, f"{info.name}: greedy generations (test split)", ctx.style
+        samples = generations.groupby(["set", "condition"], sort=False).head(cfg.n_samples)
+        if cfg.n_samples > 0:  # the figure's data: the rows it shows, not every generation
+            result.add_figure(
+                "generations",
+                plot_samples,
+                samples,
+                cfg.n_samples,
+                f"{info.name}: greedy generations (test split)",
+                ctx.style,
             )
         baseline_rate = result.metrics["refusal_rate.decline.baseline"]
         finding = (
@@ -333,7 +346,6 @@ class RefusalDirection(Analyzer):
             if baseline_rate < RARE_REFUSAL
             else f"the model refuses {baseline_rate:.1%} of the decline test prompts"
         )
-        samples = generations.groupby(["set", "condition"], sort=False).head(cfg.n_samples)
         result.summary = {
             "finding": finding,
             "chat_template": template_note,
@@ -436,6 +448,7 @@ def choose(
 
 
 # --- figures ------------------------------------------------------------------------------------
+@figure_function
 def plot_candidates(table: pd.DataFrame, layers, positions, chosen, title: str, style: FigureStyle):
     """Heatmaps (layer x position) of the two validation effects; the chosen candidate is marked."""
     fig, axes = style.figure(1, 3, scale=(1.6, 1.0))
@@ -460,6 +473,7 @@ def plot_candidates(table: pd.DataFrame, layers, positions, chosen, title: str, 
     return fig
 
 
+@figure_function
 def plot_rates(rates: pd.DataFrame, title: str, style: FigureStyle):
     """Refusal rate (bars) and mean refusal score (right panel) by condition: real vs random direction."""
     fig, axes = style.figure(1, 2, scale=(1.1, 0.9))
@@ -479,6 +493,7 @@ def plot_rates(rates: pd.DataFrame, title: str, style: FigureStyle):
     return fig
 
 
+@figure_function
 def plot_samples(generations: pd.DataFrame, n: int, title: str, style: FigureStyle):
     """The first `n` generations of every condition as text."""
     shown = generations.groupby(["set", "condition"], sort=False).head(n)

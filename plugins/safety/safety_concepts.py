@@ -35,7 +35,7 @@ from interpsuite.analyzer import Analyzer, RunContext, check_layers
 from interpsuite.data import json_lines
 from interpsuite.directions import write_direction
 from interpsuite.errors import AnalyzerError, ConfigError
-from interpsuite.figures import FigureStyle
+from interpsuite.figures import FigureStyle, figure_function
 from interpsuite.hooks import Intervention
 from interpsuite.models import HookedModel, ModelInfo, TokenBatch
 from interpsuite.results import Result
@@ -301,7 +301,7 @@ class SafetyConcepts(Analyzer):
             if cfg.control:
                 result.metrics[f"{name}.selectivity_at_best"] = float(best["selectivity"])
             title = f"{info.name} {cfg.hook_point}: {name} probe ({report.n_examples} texts)"
-            result.figures[f"{name}_probe_by_layer"] = plot_probe_curves(table, title, ctx.style)
+            result.add_figure(f"{name}_probe_by_layer", plot_probe_curves, table, title, ctx.style)
             concept_summary = {
                 "n_texts": len(labelled.texts),
                 "classes": report.classes,
@@ -329,8 +329,12 @@ class SafetyConcepts(Analyzer):
         if steer_tables:
             steering = pd.concat(steer_tables, ignore_index=True)
             result.tables["steering"] = steering
-            result.figures["steering"] = plot_steering(
-                steering, f"{info.name}: steering at layer {steer_layer} ({cfg.hook_point})", ctx.style
+            result.add_figure(
+                "steering",
+                plot_steering,
+                steering,
+                f"{info.name}: steering at layer {steer_layer} ({cfg.hook_point})",
+                ctx.style,
             )
             summary["steer_layer"] = steer_layer
         result.summary = summary
@@ -420,6 +424,7 @@ def sign_to(direction: np.ndarray, classes: list, positive: str) -> np.ndarray:
     return direction if classes and classes[-1] == positive else -direction
 
 
+@figure_function
 def plot_steering(table: pd.DataFrame, title: str, style: FigureStyle):
     """Mean log-probability per token of each class's continuations against the coefficient, per concept."""
     concepts = list(dict.fromkeys(table["concept"]))
