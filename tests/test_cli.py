@@ -11,7 +11,7 @@ from interpsuite.hookspecs import hookimpl
 
 
 def test_every_subcommand_is_wired():
-    assert set(COMMANDS) | {"run"} == {"plugins", "models", "experiments", "cache", "new-plugin", "compare", "run"}
+    assert set(COMMANDS) | {"run"} == {"plugins", "models", "experiments", "cache", "new-plugin", "compare", "figures", "run"}
     assert "130 interrupted" in build_parser().epilog
 
 

@@ -9,6 +9,7 @@ from omegaconf import OmegaConf
 
 from interpsuite import InterpretabilityPipeline
 from interpsuite.config import compose, conf_dir
+from interpsuite.emergence import plan_emergence
 from interpsuite.model_comparison import plan_comparison
 
 REPO = Path(__file__).resolve().parents[1]
@@ -27,6 +28,10 @@ def test_every_experiment_composes_and_validates(experiment):
     assert cfg.analyzers, f"{experiment} selects no analyzer"
     assert cfg.experiment_name == experiment
     container = OmegaConf.to_container(cfg, resolve=True)
+    training = plan_emergence(dict(container), "outputs/unused")
+    if training is not None:  # a training experiment: its monitor's analyzers and probe texts
+        training.validate()
+        return
     comparison = plan_comparison(container, "outputs/unused")
     pipelines = comparison.pipelines if comparison else [InterpretabilityPipeline.from_config(cfg)]
     for pipeline in pipelines:
