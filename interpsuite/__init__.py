@@ -26,7 +26,7 @@ if TYPE_CHECKING:  # pragma: no cover - the same names as _EXPORTS, for type che
     from .commands import Command
     from .data import Dataset, Inputs
     from .errors import AnalyzerError, ConfigError, HookError, InterpsuiteError, ModelNotFoundError, PluginError
-    from .figures import FigureStyle
+    from .figures import FigureStyle, figure_function
     from .hooks import Intervention
     from .hookspecs import hookimpl
     from .models import ForwardResult, HookedModel, ModelInfo, TokenBatch, load_model, wrap
@@ -43,7 +43,7 @@ _SOURCES: dict[str, tuple[str, ...]] = {
     "commands": ("Command",),
     "data": ("Dataset", "Inputs"),
     "errors": ("AnalyzerError", "ConfigError", "HookError", "InterpsuiteError", "ModelNotFoundError", "PluginError"),
-    "figures": ("FigureStyle",),
+    "figures": ("FigureStyle", "figure_function"),
     "hooks": ("Intervention",),
     "hookspecs": ("hookimpl",),
     "models": ("ForwardResult", "HookedModel", "ModelInfo", "TokenBatch", "load_model", "wrap"),
@@ -89,6 +89,7 @@ __all__ = [
     "check_heads",
     "check_hook_points",
     "check_layers",
+    "figure_function",
     "hookimpl",
     "layer_hooks",
     "load_artifact",

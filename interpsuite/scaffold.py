@@ -205,18 +205,31 @@ from dataclasses import dataclass, replace
 from interpsuite import (
     Analyzer,
     ConfigError,
+    FigureStyle,
     ModelInfo,
     Result,
     RunContext,
     TokenMeans,
     check_hook_points,
     check_layers,
+    figure_function,
     layer_hooks,
     per_layer,
 )
 
 #: per-layer hook points shaped [batch, pos, d_model] (docs/model-layer.md lists them all)
 SITES = ("resid_pre", "resid_mid", "resid_post", "attn.out", "mlp.out")
+
+
+@figure_function
+def plot_norms(table, site: str, title: str, style: FigureStyle):
+    """A pure function of the table: `interpsuite figures RUN_DIR --style paper` redraws it
+    from the saved data, without the model."""
+    fig, axes = style.figure()  # a matplotlib Figure; never pyplot
+    ax = axes[0, 0]
+    ax.errorbar(table["layer"], table["mean_norm"], yerr=table["std_norm"], marker="o", capsize=3)
+    ax.set(xlabel="layer", ylabel=f"mean L2 norm of {site}", title=title)
+    return fig
 
 
 @dataclass
@@ -251,12 +264,9 @@ class $cls(Analyzer):
         table = norms.table("layer", "mean_norm")
         table["std_norm"] = [float(acc.std()) for acc in norms.values()]
 
-        fig, axes = ctx.style.figure()  # a matplotlib Figure; never pyplot
-        ax = axes[0, 0]
-        ax.errorbar(table["layer"], table["mean_norm"], yerr=table["std_norm"], marker="o", capsize=3)
-        ax.set(xlabel="layer", ylabel=f"mean L2 norm of {cfg.site}", title=self.name)
-
-        result = Result(tables={"norms": table}, figures={"norms": fig})
+        result = Result(tables={"norms": table})
+        # draws the figure and saves its data beside it (figure_data/), so it can be redrawn
+        result.add_figure("norms", plot_norms, table, cfg.site, self.name, ctx.style)
         result.metrics["mean_norm"] = float(table["mean_norm"].mean())
         result.metrics["n_tokens"] = float(table["n_tokens"].iloc[0])
         # mode "min": passes when value >= threshold (a zero norm means the site carries nothing)

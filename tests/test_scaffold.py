@@ -229,4 +229,4 @@ def test_registered_and_runs_through_the_pipeline(scaffolded: tuple[Path, Path],
     entry = report["entry"]
     assert all(check["passed"] for check in entry["checks"].values()) and entry["checks"]
     assert entry["summary"]["layers"] == [1]  # -1 resolved by validate(), seen by run()
-    assert entry["tables"]["norms"] and entry["figures"]["norms"]
+    assert entry["tables"]["norms"] and entry["figures"]["norms"] and entry["figure_data"]["norms"]
