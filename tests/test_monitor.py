@@ -219,3 +219,29 @@ def test_causal_analyzer_on_a_training_encoder_is_refused_before_training(tmp_pa
     with pytest.raises(ConfigError, match="logit_lens needs a causal LM.*encoder"):
         monitor.start(encoder.hf_model, encoder.tokenizer)
     assert not (tmp_path / "m").exists()
+
+
+def test_metrics_and_figures_go_into_the_trainers_wandb_run_on_its_step_axis(tmp_path):
+    """With a W&B run active (report_to="wandb"), the monitor logs into that same run, with the
+    Trainer's `train/global_step` beside its metrics, and draws figures to log them."""
+    import wandb
+
+    from interpsuite.callbacks import InterpsuiteCallback
+
+    run = wandb.init(mode="offline", dir=str(tmp_path), project="interpsuite-test", reinit="finish_previous")
+    logged: list[dict] = []
+    original = wandb.log
+    wandb.log = lambda payload, *args, **kwargs: (logged.append(dict(payload)), original(payload, *args, **kwargs))
+    try:
+        callback = InterpsuiteCallback({"attention_entropy": {}}, PROBE, every_n_steps=4, output_dir=tmp_path / "m")
+        _train_hf(tmp_path / "t", [callback], steps=8)
+        summary = dict(run.summary)
+    finally:
+        wandb.log = original
+        run.finish()
+    ours = [p for p in logged if any(k.startswith("interpsuite/") for k in p)]
+    assert [p["train/global_step"] for p in ours] == [0, 4, 8]
+    assert any(isinstance(v, wandb.Image) for v in ours[0].values())  # figures drawn for W&B
+    assert any(k.startswith("interpsuite/attention_entropy.") for k in summary)
+    step_dir = tmp_path / "m" / "step_000004"
+    assert any(step_dir.glob("figures/attention_entropy/*.png"))
