@@ -127,7 +127,6 @@ def plot_emergence(
     left.set_xlabel("training step")
     left.set_ylabel("induction score")
     left.set_ylim(0, 1)
-    left.legend(loc="lower right")
     left.grid(alpha=0.3)
     right.plot(steps, loss_second, marker="o", markersize=3, color="C1", label="loss on the repeated copy")
     right.plot(steps, loss_first, marker="o", markersize=3, color="C2", label="loss on the first copy")
@@ -136,8 +135,10 @@ def plot_emergence(
     right.axvline(jump, color="0.5", linestyle="--", linewidth=1)
     right.set_xlabel("training step")
     right.set_ylabel("cross-entropy (nats)")
-    right.legend(loc="upper right")
     right.grid(alpha=0.3)
+    # one legend below both panels: inside either it covers the curves at a paper column's width
+    handles = [*left.get_legend_handles_labels()[0], *right.get_legend_handles_labels()[0]]
+    fig.legend(handles=handles, loc="outside lower center", ncols=2, fontsize="small", frameon=False)
     fig.suptitle(title)
     return fig
 
@@ -233,7 +234,7 @@ def summarise(monitor_dir: Path, train_log: list[tuple[int, float]], monitor: di
     }
     train_steps = [int(s) for s, _ in train_log]
     train_loss = [float(v) for _, v in train_log]
-    title = f"Induction heads form at step {jump} (attention-only, {cfg.n_layers} layers)"
+    title = f"Induction heads form at step {jump}"
     result.add_figure(
         "phase_change",
         plot_emergence,
