@@ -81,8 +81,11 @@ def saved_figures(run_dir: str | Path) -> list[SavedFigure]:
     return figures
 
 
-def select(figures: list[SavedFigure], only: Sequence[str]) -> list[SavedFigure]:
-    """`only`: analyzer names or analyzer.figure keys; each must match something."""
+def select(figures: list[SavedFigure], only: Sequence[str], what: str = "--only") -> list[SavedFigure]:
+    """`only`: analyzer names or analyzer.figure keys; each must match something.
+
+    `what` names the option or spec key the names came from, for the error message.
+    """
     if not only:
         return figures
     chosen = []
@@ -90,9 +93,18 @@ def select(figures: list[SavedFigure], only: Sequence[str]) -> list[SavedFigure]
         matched = [f for f in figures if wanted in (f.analyzer, f.key)]
         if not matched:
             keys = ", ".join(f.key for f in figures) or "none"
-            raise ConfigError(f"--only {wanted}: no such analyzer or figure in this run; it has: {keys}")
+            raise ConfigError(f"{what} {wanted}: no such analyzer or figure in this run; it has: {keys}")
         chosen += [f for f in matched if f not in chosen]
     return chosen
+
+
+def missing_data_error(run_dir: str | Path, key: str | None = None) -> ConfigError:
+    """The run (or its figure `key`) has figures but not the data to redraw them."""
+    what = f"{run_dir}: figure {key} has" if key else f"{run_dir}:"
+    return ConfigError(
+        f"{what} no saved figure data (the run was made by an interpsuite older than figure data, or its "
+        "analyzers assign result.figures directly instead of result.add_figure); rerun it to redraw its figures"
+    )
 
 
 def style_for(name: str, column: str = "double", font_size: float | None = None) -> FigureStyle | None:
@@ -122,10 +134,7 @@ def redraw(
     if not figures:
         raise ConfigError(f"{run_dir}: the run has no figures")
     if all(f.data is None for f in figures):
-        raise ConfigError(
-            f"{run_dir}: no saved figure data (the run was made by an interpsuite older than figure data, or its "
-            "analyzers assign result.figures directly instead of result.add_figure); rerun it to redraw its figures"
-        )
+        raise missing_data_error(run_dir)
     out = Path(out_dir) if out_dir is not None else run_dir / f"figures_{style}"
     report = RedrawReport(out)
     items = figures

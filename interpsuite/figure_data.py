@@ -101,11 +101,22 @@ class FigureRecipe:
             spec = json.loads(path.read_text())
         except (OSError, ValueError) as err:
             raise ConfigError(f"{path}: not readable figure data ({err})") from None
-        if spec.get("format_version") != FORMAT_VERSION:
+        if not isinstance(spec, dict) or spec.get("format_version") != FORMAT_VERSION:
+            version = spec.get("format_version") if isinstance(spec, dict) else None
             raise ConfigError(
-                f"{path}: figure data format {spec.get('format_version')!r}; this interpsuite reads "
+                f"{path}: figure data format {version!r}; this interpsuite reads "
                 f"format {FORMAT_VERSION}; rerun the analyzer to save it again"
             )
+        call = spec.get("call")
+        if (
+            not isinstance(spec.get("function"), str)
+            or not isinstance(call, dict)
+            or not isinstance(call.get("args"), list)
+            or not isinstance(call.get("kwargs"), dict)
+            or not isinstance(spec.get("files", {}), dict)
+            or not isinstance(spec.get("style", {}), dict)
+        ):
+            raise ConfigError(f"{path}: damaged figure data (function, call or files malformed); rerun the analyzer")
         loaded: dict[str, dict] = {}
         for name, digest in spec.get("files", {}).items():
             if name not in (ARRAYS_FILE, "tensors.safetensors"):
@@ -128,7 +139,12 @@ class FigureRecipe:
         module_name, _, name = self.function.partition(":")
         top = module_name.split(".", 1)[0]
         allowed = allowed_packages if allowed_packages is not None else plugin_packages()
-        if top not in allowed or not name.isidentifier():
+        if not name.isidentifier() or not all(part.isidentifier() for part in module_name.split(".")):
+            raise ConfigError(
+                f"figure function {self.function!r} is not of the form package.module:function; the figure data "
+                "is damaged, rerun the analyzer"
+            )
+        if top not in allowed:
             raise ConfigError(
                 f"figure function {self.function!r} is not from interpsuite or an installed plugin "
                 f"({', '.join(sorted(allowed))}); install the plugin that made this run"
@@ -188,7 +204,8 @@ class _Encoder:
         import numpy as np
 
         key = f"a{len(self.arrays)}"
-        self.arrays[key] = np.ascontiguousarray(value).copy()
+        # np.array, not np.ascontiguousarray: the latter makes 0-d arrays (and numpy scalars) 1-d
+        self.arrays[key] = np.array(value, copy=True, order="C")
         return key
 
     def encode(self, value: Any) -> Any:
@@ -216,7 +233,9 @@ class _Encoder:
             if value.dtype.kind in "biuf":
                 return {"__array__": self._array(value)}
             if value.dtype.kind in "UO":
-                return {"__object_array__": [self.encode(v) for v in value.tolist()], "shape": list(value.shape)}
+                # flat (tolist() of an n-d array nests lists, which would decode as list elements)
+                items = [self.encode(v) for v in value.reshape(-1).tolist()]
+                return {"__object_array__": items, "shape": list(value.shape), "dtype": value.dtype.str}
         module = type(value).__module__.split(".", 1)[0]
         if module == "torch":
             import torch
@@ -240,18 +259,24 @@ class _Encoder:
 
     def _column(self, series) -> dict[str, Any]:
         import numpy as np
+        import pandas as pd
 
         dtype = series.dtype
         if isinstance(dtype, np.dtype) and dtype.kind in "biuf":
             return {"array": self._array(series.to_numpy()), "dtype": str(dtype)}
-        values = [None if _is_missing(v) else v for v in series.tolist()]
+        if isinstance(dtype, pd.CategoricalDtype):  # categories in their order (groupby and legends follow it)
+            return {
+                "codes": self._array(series.cat.codes.to_numpy()),
+                "categories": self._column(pd.Series(dtype.categories)),
+                "ordered": bool(dtype.ordered),
+            }
+        # a float NaN is encodable and stays NaN; other missing markers (pd.NA, NaT) become None
+        values = [v if isinstance(v, float) else None if _is_missing(v) else v for v in series.tolist()]
         return {"values": [self.encode(v) for v in values], "dtype": str(dtype)}
 
     def _frame(self, frame) -> dict[str, Any]:
         import pandas as pd
 
-        if isinstance(frame.columns, pd.MultiIndex):
-            raise UnsavableArgumentError("a figure table with multi-level column names cannot be saved; flatten them")
         columns = [[self.encode(name), self._column(frame.iloc[:, i])] for i, name in enumerate(frame.columns)]
         index = frame.index
         if isinstance(index, pd.RangeIndex):
@@ -265,7 +290,18 @@ class _Encoder:
                 "levels": [self._column(levels.iloc[:, i]) for i in range(levels.shape[1])],
                 "names": [self.encode(n) for n in index.names],
             }
-        return {"columns": columns, "index": encoded_index}
+        header = frame.columns
+        encoded: dict[str, Any] = {"columns": columns, "index": encoded_index}
+        if isinstance(header, pd.MultiIndex):  # names are tuples; the levels' names come along
+            encoded["column_levels"] = [self.encode(n) for n in header.names]
+            return encoded
+        if header.name is not None:  # e.g. a pivot table's `columns=` name
+            encoded["columns_name"] = self.encode(header.name)
+        if isinstance(header, pd.RangeIndex):  # pd.DataFrame(array) numbers its columns so
+            encoded["columns_range"] = [header.start, header.stop, header.step]
+        elif not len(header) and str(header.dtype) != "object":
+            encoded["columns_dtype"] = str(header.dtype)
+        return encoded
 
 
 def _is_missing(value: Any) -> bool:
@@ -294,6 +330,8 @@ class _Decoder:
         if "__style__" in value:
             return self.style
         if "__float__" in value:
+            if value["__float__"] not in _FLOATS:
+                raise ConfigError(f"figure data holds an unknown float {value['__float__']!r}")
             return _FLOATS[value["__float__"]]
         if "__scalar__" in value:
             return self._array(value["__scalar__"])[()]
@@ -307,10 +345,18 @@ class _Decoder:
             import numpy as np
 
             items = [self.decode(v) for v in value["__object_array__"]]
+            shape = [int(n) for n in value["shape"]]
             out = np.empty(len(items), dtype=object)
             out[:] = items
-            result = out.reshape(value["shape"])
-            return result.astype(str) if all(isinstance(v, str) for v in items) else result
+            if len(items) != math.prod(shape):
+                raise ConfigError(f"figure data holds {len(items)} values for an array of shape {shape}")
+            result = out.reshape(shape)
+            dtype = value.get("dtype")
+            if dtype is None:  # written before the dtype was saved
+                return result.astype(str) if all(isinstance(v, str) for v in items) else result
+            if not (dtype.startswith(("<U", ">U", "|U")) or dtype == "|O"):
+                raise ConfigError(f"figure data holds a text array of dtype {dtype!r}")
+            return result.astype(np.dtype(dtype))
         if "__tensor__" in value:
             key = value["__tensor__"]
             if key not in self.tensors:
@@ -331,6 +377,10 @@ class _Decoder:
 
         if "array" in encoded:
             return pd.Series(self._array(encoded["array"]).copy())
+        if "codes" in encoded:
+            categories = self._column(encoded["categories"])
+            dtype = pd.CategoricalDtype(pd.Index(categories), ordered=bool(encoded.get("ordered")))
+            return pd.Series(pd.Categorical.from_codes(self._array(encoded["codes"]).copy(), dtype=dtype))
         values = [self.decode(v) for v in encoded["values"]]
         dtype = encoded.get("dtype", "object")
         try:
@@ -360,7 +410,13 @@ class _Decoder:
             else:
                 index = pd.MultiIndex.from_arrays(levels, names=level_names)
         frame = pd.DataFrame(data) if data else pd.DataFrame(index=range(len(index)))
-        frame.columns = names
+        if "column_levels" in encoded:
+            frame.columns = pd.MultiIndex.from_tuples(names, names=[self.decode(n) for n in encoded["column_levels"]])
+        elif "columns_range" in encoded:
+            frame.columns = pd.RangeIndex(*encoded["columns_range"], name=self.decode(encoded.get("columns_name")))
+        else:
+            header_name = self.decode(encoded.get("columns_name"))
+            frame.columns = pd.Index(names, dtype=encoded.get("columns_dtype"), name=header_name)
         frame.index = index
         return frame
 

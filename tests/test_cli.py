@@ -11,7 +11,8 @@ from interpsuite.hookspecs import hookimpl
 
 
 def test_every_subcommand_is_wired():
-    assert set(COMMANDS) | {"run"} == {"plugins", "models", "experiments", "cache", "new-plugin", "compare", "figures", "run"}
+    expected = {"plugins", "models", "experiments", "cache", "new-plugin", "compare", "figures", "run"}
+    assert set(COMMANDS) | {"run"} == expected
     assert "130 interrupted" in build_parser().epilog
 
 
