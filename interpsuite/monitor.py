@@ -234,6 +234,7 @@ class TrainingMonitor:
             raise ConfigError(
                 "monitor: no tokenizer; pass tokenizer=... to the callback (or processing_class= to the Trainer)"
             )
+        started = time.perf_counter()  # the checks count as the monitor's time (plugins load here)
         self._model, self._tokenizer = model, tokenizer
         with preserved_training_state(model), wrap(model, tokenizer) as hooked:
             info = hooked.info
@@ -247,7 +248,8 @@ class TrainingMonitor:
             self._pipeline(hooked, self.output_dir / "validate").validate()
             self._info = info.contract_dict()
         check_writable_dir(self.output_dir, "monitor output directory")
-        self._started = time.perf_counter()
+        self._started = started
+        self.monitor_time_s += time.perf_counter() - started
         self._write_summary("running")
 
     def due(self, step: int) -> bool:
