@@ -36,8 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_core import machine_info  # noqa: E402
 
-from interpsuite.emergence import EmergenceTraining, RepeatedSegments, attention_only_model  # noqa: E402
-from interpsuite.models.sources import byte_tokenizer  # noqa: E402
+from interpsuite.emergence import EmergenceTraining, build_trainer  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "monitor.json"
 ANALYZERS = {"head_classification": {"seq_len": 24, "n_sequences": 16, "n_ablate": 2, "n_random_sets": 2}}
@@ -45,29 +44,7 @@ PROBE = ["The cat sat on the mat.", "Paris is the capital of France."]
 
 
 def train(cfg: EmergenceTraining, out: Path, callback=None) -> tuple[float, dict[str, torch.Tensor]]:
-    from transformers import Trainer, TrainingArguments
-
-    tokenizer = byte_tokenizer()
-    model = attention_only_model(cfg, tokenizer)
-    data = RepeatedSegments(cfg.steps * cfg.batch_size, cfg.segment, cfg.vocab, model.config.bos_token_id, cfg.seed)
-    args = TrainingArguments(
-        output_dir=str(out),
-        max_steps=cfg.steps,
-        per_device_train_batch_size=cfg.batch_size,
-        learning_rate=cfg.learning_rate,
-        warmup_steps=cfg.warmup_steps,
-        weight_decay=cfg.weight_decay,
-        lr_scheduler_type="cosine",
-        logging_steps=cfg.monitor_every,
-        save_strategy="no",
-        report_to="none",
-        use_cpu=True,
-        disable_tqdm=True,
-        seed=cfg.seed,
-        data_seed=cfg.seed,
-    )
-    callbacks = [callback] if callback is not None else []
-    trainer = Trainer(model=model, args=args, train_dataset=data, processing_class=tokenizer, callbacks=callbacks)
+    trainer, model, _ = build_trainer(cfg, out, [callback] if callback is not None else [], progress=False)
     started = time.perf_counter()
     trainer.train()
     return time.perf_counter() - started, {k: v.detach().clone() for k, v in model.state_dict().items()}

@@ -143,22 +143,19 @@ def plot_emergence(
     return fig
 
 
-def train_with_monitor(cfg: EmergenceTraining, analyzers: dict, data: Any, out: Path, progress: bool = True) -> dict:
-    """Train the model with the HF Trainer and the monitor attached; the monitor's summary."""
+def build_trainer(cfg: EmergenceTraining, out: Path, callbacks: list, progress: bool = True):
+    """The Hugging Face Trainer of the experiment over a fresh model: (trainer, model, tokenizer)."""
     from transformers import Trainer, TrainingArguments
 
-    from .callbacks import InterpsuiteCallback
     from .models.sources import byte_tokenizer
 
     if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)
     tokenizer = byte_tokenizer()
     model = attention_only_model(cfg, tokenizer)
-    bos = model.config.bos_token_id
-    dataset = RepeatedSegments(cfg.steps * cfg.batch_size, cfg.segment, cfg.vocab, bos, cfg.seed)
-    callback = InterpsuiteCallback(analyzers, data, every_n_steps=cfg.monitor_every, output_dir=out / "monitor")
+    dataset = RepeatedSegments(cfg.steps * cfg.batch_size, cfg.segment, cfg.vocab, model.config.bos_token_id, cfg.seed)
     args = TrainingArguments(
-        output_dir=str(out / "trainer"),
+        output_dir=str(out),
         max_steps=cfg.steps,
         per_device_train_batch_size=cfg.batch_size,
         learning_rate=cfg.learning_rate,
@@ -173,7 +170,16 @@ def train_with_monitor(cfg: EmergenceTraining, analyzers: dict, data: Any, out: 
         seed=cfg.seed,
         data_seed=cfg.seed,
     )
-    trainer = Trainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer, callbacks=[callback])
+    trainer = Trainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer, callbacks=callbacks)
+    return trainer, model, tokenizer
+
+
+def train_with_monitor(cfg: EmergenceTraining, analyzers: dict, data: Any, out: Path, progress: bool = True) -> dict:
+    """Train the model with the HF Trainer and the monitor attached; the monitor's summary."""
+    from .callbacks import InterpsuiteCallback
+
+    callback = InterpsuiteCallback(analyzers, data, every_n_steps=cfg.monitor_every, output_dir=out / "monitor")
+    trainer, model, tokenizer = build_trainer(cfg, out / "trainer", [callback], progress)
     trainer.train()
     model.save_pretrained(out / "model")
     tokenizer.save_pretrained(out / "model")

@@ -7,7 +7,6 @@ shared colour bar gives both heatmaps one scale. Bad specs are one line naming t
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from pathlib import Path
@@ -22,6 +21,7 @@ from interpsuite.errors import ConfigError
 from interpsuite.figure_compose import color_mappables, compose, load_spec, panel_letter
 from interpsuite.figure_data import FigureRecipe
 from interpsuite.figures import preset
+from tests.test_figure_redraw import copy_without_figure_data
 
 TEXTS = ["The quick brown fox jumps over the lazy dog.", "Paris is the capital of France.", "Hi"]
 CKA = "representation_similarity.layer_cka"
@@ -222,12 +222,7 @@ def test_yaml_tags_are_not_executed(tmp_path):
 
 
 def test_a_run_without_figure_data_gives_the_redraw_message(run_dir, tmp_path, capsys):
-    old = tmp_path / "old_run"
-    shutil.copytree(run_dir, old)
-    payload = json.loads((old / "results.json").read_text())
-    for entry in payload["analyzers"].values():
-        entry.pop("figure_data", None)
-    (old / "results.json").write_text(json.dumps(payload))
+    copy_without_figure_data(run_dir, tmp_path / "old_run")
     spec_path = write_spec(tmp_path, {"panels": [{"run": "old_run", "figure": CKA}]})
     assert main(["figures", "compose", str(spec_path)]) == 2
     err = capsys.readouterr().err.strip()

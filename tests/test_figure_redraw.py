@@ -155,14 +155,19 @@ def test_unknown_only_is_one_line_and_exit_2(run_dir, tmp_path, capsys):
     assert not (tmp_path / "x").exists()
 
 
-def test_a_run_without_figure_data_says_so(run_dir, tmp_path, capsys):
-    """A run directory written before figure data existed: results.json has no `figure_data`."""
-    old = tmp_path / "old_run"
-    shutil.copytree(run_dir, old)
-    payload = json.loads((old / "results.json").read_text())
+def copy_without_figure_data(run_dir: Path, dest: Path) -> Path:
+    """A copy of a run as an interpsuite older than figure data wrote it (no `figure_data`)."""
+    shutil.copytree(run_dir, dest)
+    payload = json.loads((dest / "results.json").read_text())
     for entry in payload["analyzers"].values():
         entry.pop("figure_data", None)
-    (old / "results.json").write_text(json.dumps(payload))
+    (dest / "results.json").write_text(json.dumps(payload))
+    return dest
+
+
+def test_a_run_without_figure_data_says_so(run_dir, tmp_path, capsys):
+    """A run directory written before figure data existed: results.json has no `figure_data`."""
+    old = copy_without_figure_data(run_dir, tmp_path / "old_run")
     assert main(["figures", str(old)]) == 2
     err = one_error_line(capsys)
     assert "no saved figure data" in err and "rerun" in err
