@@ -49,6 +49,14 @@ def test_every_figure_redraws_from_saved_data(analyzer_name, model_name, tiny_mo
     assert entry["status"] in ("ok", "skipped"), report.results[analyzer_name].error
     if not entry["figures"]:
         pytest.skip(f"{analyzer_name} draws no figure with its default options on {model_name}")
+    assert_figures_redraw(run, analyzer_name, tmp_path / "redrawn", monkeypatch)
+
+
+def assert_figures_redraw(run: Path, analyzer_name: str, out: Path, monkeypatch) -> None:
+    """Every figure of `analyzer_name` in `run` redraws without a model: in the run's style pixel
+    for pixel, in the paper style as PDF."""
+    entry = read_results(run)["analyzers"][analyzer_name]
+    assert entry["figures"], f"{analyzer_name} drew no figure"
     without_data = sorted(set(entry["figures"]) - set(entry.get("figure_data", {})))
     assert without_data == [], f"figures drawn without result.add_figure: {without_data}"
 
@@ -58,7 +66,7 @@ def test_every_figure_redraws_from_saved_data(analyzer_name, model_name, tiny_mo
     monkeypatch.setattr("interpsuite.models.loading.load_model", refuse)
     monkeypatch.setattr("interpsuite.pipeline.load_model", refuse)
 
-    same = redraw(run, tmp_path / "same", style="run", formats=["png"])
+    same = redraw(run, out / "same", style="run", formats=["png"])
     assert same.failed == {} and same.without_data == []
     assert sorted(same.written) == sorted(f"{analyzer_name}.{name}" for name in entry["figures"])
     differ = []
@@ -70,7 +78,7 @@ def test_every_figure_redraws_from_saved_data(analyzer_name, model_name, tiny_mo
             differ.append(name)
     assert differ == [], f"redrawn in the run's style but not pixel-identical: {differ}"
 
-    paper = redraw(run, tmp_path / "paper", style="paper", formats=["pdf"])
+    paper = redraw(run, out / "paper", style="paper", formats=["pdf"])
     assert paper.failed == {}
     for files in paper.written.values():
         (pdf,) = files

@@ -31,6 +31,7 @@ from interpsuite.errors import ConfigError
 from interpsuite.models import load_model
 from interpsuite.results import contract_errors, read_results
 from interpsuite.testing import run_analyzer
+from tests.test_figure_redraw_all import assert_figures_redraw
 
 PROMPTS = [
     "The cat sat on the", "One two three four", "The capital of France is", "Water boils at",
@@ -177,11 +178,14 @@ def test_fit_from_model_and_tasks_then_score(tiny, mixed_task, tmp_path):
     assert np.array_equal(again.probability, scores.probability)
 
 
-def test_analyzer_contract_checks_and_saved_predictor(tiny, mixed_task, tmp_path):
+def test_analyzer_contract_checks_and_saved_predictor(tiny, mixed_task, tmp_path, monkeypatch):
     result = run_analyzer(FailurePrediction, tiny, ["unused"], small_options(mixed_task), tmp_path, reraise=True)
     assert result.status == "ok", result.error
     assert not result.failed_checks, {k: c.to_dict() for k, c in result.checks.items()}
     assert contract_errors(read_results(tmp_path), tmp_path) == []
+    # its figures redraw from saved data (with the default tasks a tiny model gets no answer right: no figures)
+    with monkeypatch.context() as patch:
+        assert_figures_redraw(tmp_path, "failure_prediction", tmp_path / "redrawn", patch)
     for key in ("auroc", "auprc", "ece", "baseline_auroc", "accuracy.mine"):
         assert key in result.metrics
     examples = result.tables["examples"]
