@@ -56,8 +56,8 @@ ATTENTION_SITES: tuple[str, ...] = ("attn.q", "attn.k", "attn.v", "attn.scores",
 
 _BLOCK_NAME = re.compile(r"^blocks\.(\d+)\.(.+)$")
 
-InterventionOp = Literal["replace", "add", "zero", "mean", "resample", "scale", "project_out"]
-INTERVENTION_OPS: tuple[str, ...] = ("replace", "add", "zero", "mean", "resample", "scale", "project_out")
+InterventionOp = Literal["replace", "add", "zero", "mean", "resample", "scale", "project_out", "map"]
+INTERVENTION_OPS: tuple[str, ...] = ("replace", "add", "zero", "mean", "resample", "scale", "project_out", "map")
 
 Index = int | Sequence[int] | Sequence[Sequence[int]] | torch.Tensor | None
 
@@ -170,7 +170,11 @@ class Intervention:
       activations from other inputs, same shape), scale (`factor`), project_out (`value` =
       a direction over the last dimension, [d] or one per row: the component of the
       activation along it is removed, x - (x . u) u with u = value / |value|; directional
-      ablation, Arditi et al. 2024).
+      ablation, Arditi et al. 2024), map (`fn`: a function of the activation, called with the
+      selected rows' canonical tensor and returning one of the same shape; it is how an
+      object such as a sparse autoencoder splice computes the new activation from the one
+      the pass reaches, rather than from a value fixed before the pass; it must not change
+      its argument in place, which may be the activation a capture records).
     - `rows`: batch rows it applies to (None: all rows). This is what batches a sweep.
     - `heads`, `positions`, `units`: restrict it to some heads, token positions, or entries
       of the last dimension (neurons, residual directions). None: all. `positions` may be
@@ -178,7 +182,9 @@ class Intervention:
 
     `value` broadcasts against the activation; a value whose first dimension equals the
     number of `rows` (and not the batch) is written row by row into those rows, and a
-    full-batch value into the selected rows is taken at those rows.
+    full-batch value into the selected rows is taken at those rows. Like every op, `map` is
+    applied in order with the others at its hook point, and `heads`/`positions`/`units` keep
+    its result only where they select (elsewhere the activation is unchanged).
     """
 
     hook: str
@@ -190,6 +196,7 @@ class Intervention:
     positions: Index = None
     units: Index = None
     mean_over: Index = None
+    fn: Callable[[torch.Tensor], torch.Tensor] | None = None
 
     def __post_init__(self) -> None:
         if self.op not in INTERVENTION_OPS:
@@ -198,6 +205,8 @@ class Intervention:
             raise HookError(f"intervention {self.op!r} at {self.hook} needs a `value` tensor")
         if self.op == "scale" and self.factor is None:
             raise HookError(f"intervention 'scale' at {self.hook} needs a `factor`")
+        if self.op == "map" and not callable(self.fn):
+            raise HookError(f"intervention 'map' at {self.hook} needs a callable `fn` (activation -> activation)")
         self.rows = _normalise_index(self.rows, "rows")
         self.heads = _normalise_index(self.heads, "heads")
         self.positions = _normalise_index(self.positions, "positions")
@@ -286,7 +295,22 @@ def _value_for(sub: torch.Tensor, iv: Intervention, rows: list[int] | None, batc
         ) from err
 
 
+def _mapped(sub: torch.Tensor, iv: Intervention) -> torch.Tensor:
+    """`iv.fn` of the selected rows, checked to keep the activation's shape (a function that
+    changed it would break the module the activation flows into, far from the cause)."""
+    new = iv.fn(sub)  # type: ignore[misc]
+    if not isinstance(new, torch.Tensor) or new.shape != sub.shape:
+        got = tuple(new.shape) if isinstance(new, torch.Tensor) else type(new).__name__
+        raise HookError(
+            f"the 'map' function at {iv.hook} returned {got} for an activation of shape {tuple(sub.shape)}; "
+            "it must return a tensor of the same shape"
+        )
+    return new.to(sub.dtype)
+
+
 def _new_values(sub: torch.Tensor, whole: torch.Tensor, iv: Intervention, rows: list[int] | None) -> torch.Tensor:
+    if iv.op == "map":
+        return _mapped(sub, iv)
     if iv.op == "zero":
         return torch.zeros_like(sub)
     if iv.op == "scale":

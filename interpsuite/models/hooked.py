@@ -14,6 +14,7 @@ import inspect
 import threading
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -32,6 +33,9 @@ from .adapters import adapter_for
 from .attention import PREFIX, SUPPORTED, register_attention
 from .info import ModelInfo
 from .usage import active_usage
+
+if TYPE_CHECKING:
+    from .splice import SAESplice
 
 
 def _check_max_length(max_length: int | None) -> None:
@@ -468,6 +472,14 @@ class HookedModel:
         from .sweep import sweep
 
         return sweep(self, batch, items, metric, **options)
+
+    def sae_splice(self, sae, hook: str | None = None, keep_error: bool = True, **options) -> SAESplice:
+        """A sparse autoencoder spliced in at `hook` (default: the SAE's `cfg.hook`), for live
+        feature edits: `with model.sae_splice(sae) as s: s.ablate(3); s.run(text)`. See
+        `interpsuite.models.splice.SAESplice` (options: allow_other_hook, reuse_prefix)."""
+        from .splice import SAESplice
+
+        return SAESplice(self, sae, hook, keep_error, **options)
 
     def hooks_left(self) -> int:
         """Passes of this model still open in any thread (0 between calls, also after errors)."""

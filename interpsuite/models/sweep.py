@@ -284,7 +284,7 @@ def _merge_key(model, iv: Intervention) -> tuple | None:
     if value is not None and (site is None or value.ndim >= site.ndim) and value.shape[0] != 1:
         return None  # one entry per row of the batch (or of `rows`)
     positions = None if iv.positions is None else tuple(position_lists(iv.positions)[0])
-    return (iv.hook, iv.op, id(value), iv.factor, positions, iv.heads, iv.units)
+    return (iv.hook, iv.op, id(value), id(iv.fn), iv.factor, positions, iv.heads, iv.units)
 
 
 # --- the reference run -----------------------------------------------------------------------
