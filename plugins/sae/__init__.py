@@ -4,7 +4,8 @@ What exists now: `SAEConfig` / `SparseAutoencoder` (relu, topk, jumprelu; SAELen
 names; save/load as interpsuite artifacts), `train_sae` with `TrainSettings` (resumable
 checkpoints, AuxK, decoder-norm L1, JumpReLU STE) plus `shuffle_buffer` / `store_batches` for
 streaming an activation store, and `SyntheticDictionary` / `dictionary_recovery` (ground truth
-that says whether training works). No analyzers yet, so no plugin hook is registered.
+that says whether training works), and `load_saelens` / `save_saelens` (SAELens's cfg.json +
+sae_weights.safetensors, both ways). No analyzers yet, so no plugin hook is registered.
 
 Names are loaded on first use: importing the package does not import torch.
 """
@@ -27,6 +28,8 @@ _EXPORTS = {
     "store_batches": "training",
     "SyntheticDictionary": "synthetic",
     "dictionary_recovery": "synthetic",
+    "load_saelens": "saelens",
+    "save_saelens": "saelens",
 }
 
 __all__ = sorted(_EXPORTS)
