@@ -374,6 +374,13 @@ def top_heads(heads: Sequence[tuple[int, int]], values: torch.Tensor, k: int = 5
 
 
 # --- report ------------------------------------------------------------------------------------
+def write_report(report: dict[str, Any], out: Path) -> None:
+    """The benchmark's JSON, written and printed (every benchmark ends this way)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    print(json.dumps(report, indent=2))
+
+
 def machine_info() -> dict[str, Any]:
     """What CPU timings depend on, so runs on different machines are not compared blindly."""
     return {

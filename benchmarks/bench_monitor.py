@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import shutil
 import sys
 import tempfile
@@ -34,7 +33,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_core import machine_info  # noqa: E402
+from bench_core import machine_info, write_report  # noqa: E402
 
 from interpsuite.emergence import EmergenceTraining, build_trainer  # noqa: E402
 
@@ -125,9 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         shutil.rmtree(work, ignore_errors=True)
     out = args.out or (Path("/tmp/bench_monitor_quick.json") if args.quick else RESULTS)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-    print(json.dumps(report, indent=2))
+    write_report(report, out)
     return 0
 
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import statistics
 import sys
 import time
@@ -32,7 +31,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_core import machine_info  # noqa: E402
+from bench_core import machine_info, write_report  # noqa: E402
 from interpsuite_plugins.sae import SAEConfig, SparseAutoencoder  # noqa: E402
 
 from interpsuite.models import load_model  # noqa: E402
@@ -122,9 +121,7 @@ def main(argv: list[str] | None = None) -> int:
         },
     }
     out = args.out or (Path("/tmp/bench_sae_quick.json") if args.quick else RESULTS)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-    print(json.dumps(report, indent=2))
+    write_report(report, out)
     return 0
 
 

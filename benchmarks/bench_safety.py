@@ -41,7 +41,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_core import machine_info  # noqa: E402
+from bench_core import machine_info, write_report  # noqa: E402
 from interpsuite_plugins.datasets import english_sentences  # noqa: E402
 from interpsuite_plugins.safety.anomaly import AnomalyDetector  # noqa: E402
 from interpsuite_plugins.safety.anomaly_detection import SHIPPED_NORMAL  # noqa: E402
@@ -209,9 +209,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     if args.quick and args.out == str(RESULTS):
         out = Path("/tmp/bench_safety_quick.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-    print(json.dumps(report, indent=2))
+    write_report(report, out)
     return 0
 
 
