@@ -5,7 +5,8 @@ names; save/load as interpsuite artifacts), `train_sae` with `TrainSettings` (re
 checkpoints, AuxK, decoder-norm L1, JumpReLU STE) plus `shuffle_buffer` / `store_batches` for
 streaming an activation store, and `SyntheticDictionary` / `dictionary_recovery` (ground truth
 that says whether training works), and `load_saelens` / `save_saelens` (SAELens's cfg.json +
-sae_weights.safetensors, both ways). No analyzers yet, so no plugin hook is registered.
+sae_weights.safetensors, both ways), and `evaluate_sae` (MSE, explained variance, L0, dead and
+dense latents, CE loss recovered). No analyzers yet, so no plugin hook is registered.
 
 Names are loaded on first use: importing the package does not import torch.
 """
@@ -28,6 +29,8 @@ _EXPORTS = {
     "store_batches": "training",
     "SyntheticDictionary": "synthetic",
     "dictionary_recovery": "synthetic",
+    "SAEEvaluation": "evaluation",
+    "evaluate_sae": "evaluation",
     "load_saelens": "saelens",
     "save_saelens": "saelens",
 }
