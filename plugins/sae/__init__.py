@@ -6,7 +6,8 @@ checkpoints, AuxK, decoder-norm L1, JumpReLU STE) plus `shuffle_buffer` / `store
 streaming an activation store, and `SyntheticDictionary` / `dictionary_recovery` (ground truth
 that says whether training works), and `load_saelens` / `save_saelens` (SAELens's cfg.json +
 sae_weights.safetensors, both ways), and `evaluate_sae` (MSE, explained variance, L0, dead and
-dense latents, CE loss recovered). No analyzers yet, so no plugin hook is registered.
+dense latents, CE loss recovered), and an offline corpus (`python_docs_texts`, `text_files`). No
+analyzers yet, so no plugin hook is registered.
 
 Names are loaded on first use: importing the package does not import torch.
 """
@@ -30,6 +31,9 @@ _EXPORTS = {
     "SyntheticDictionary": "synthetic",
     "dictionary_recovery": "synthetic",
     "SAEEvaluation": "evaluation",
+    "python_docs_texts": "corpus",
+    "text_files": "corpus",
+    "count_tokens": "corpus",
     "evaluate_sae": "evaluation",
     "load_saelens": "saelens",
     "save_saelens": "saelens",
