@@ -408,3 +408,26 @@ def test_training_from_an_activation_store(tmp_path):
     stream = store_batches(store, hook, 16, buffer_tokens=64)
     history = train_sae(sae, stream, TrainSettings(steps=steps, batch_size=16, progress=True))
     assert history.steps_done == steps and all(math.isfinite(v) for v in history.loss)
+
+
+def test_folding_the_activation_scale_keeps_the_latents_and_undoes_the_scale():
+    from interpsuite_plugins.sae.training import fold_activation_scale, norm_scaling_factor
+
+    torch.manual_seed(0)
+    x = 40 * torch.randn(256, 16)
+    scale = norm_scaling_factor(x)
+    assert float((scale * x).norm(dim=-1).mean()) == pytest.approx(4.0, rel=1e-6)  # sqrt(16)
+    for architecture, extra in (("relu", {}), ("topk", {"k": 4}), ("jumprelu", {})):
+        sae = SparseAutoencoder(SAEConfig(d_in=16, width=32, architecture=architecture, **extra), seed=1)
+        with torch.no_grad():
+            sae.b_dec.copy_(torch.randn(16))
+            sae.b_enc.copy_(0.1 * torch.randn(32))
+            latents, out = sae.encode(scale * x), sae(scale * x) / scale
+        fold_activation_scale(sae, scale)
+        with torch.no_grad():
+            assert torch.allclose(sae.encode(x), latents, atol=1e-4)
+            assert torch.allclose(sae(x), out, rtol=1e-4, atol=1e-4)
+    with pytest.raises(ConfigError, match="positive"):
+        fold_activation_scale(sae, 0.0)
+    with pytest.raises(ConfigError, match="all zero"):
+        norm_scaling_factor(torch.zeros(3, 4))

@@ -28,6 +28,8 @@ _EXPORTS = {
     "explained_variance": "training",
     "shuffle_buffer": "training",
     "store_batches": "training",
+    "norm_scaling_factor": "training",
+    "fold_activation_scale": "training",
     "SyntheticDictionary": "synthetic",
     "dictionary_recovery": "synthetic",
     "SAEEvaluation": "evaluation",

@@ -536,3 +536,33 @@ def train_sae(sae: SparseAutoencoder, batches: Iterable[Tensor], settings: Train
     if folder is not None:
         _save_checkpoint(folder, sae, optimizer, state, settings)
     return state.history
+
+
+# --- activation scale --------------------------------------------------------------------------
+def norm_scaling_factor(x: Tensor) -> float:
+    """The factor s with E||s x|| = sqrt(d_in) over the rows of `x` [n, d_in].
+
+    The default coefficients (L1, L0, learning rate) assume activations of that scale, as
+    SAELens's `normalize_activations="expected_average_only_in"` does; residual streams of
+    real models are often tens of times larger. Train on `s * x`, then `fold_activation_scale`.
+    """
+    norms = x.double().norm(dim=-1)
+    mean = float(norms.mean())
+    if not mean > 0:
+        raise ConfigError("norm_scaling_factor: the activations are all zero; nothing to scale")
+    return math.sqrt(x.shape[-1]) / mean
+
+
+def fold_activation_scale(sae: SparseAutoencoder, scale: float) -> SparseAutoencoder:
+    """Make an SAE trained on `scale * x` work on raw `x`, in place, with the same latents.
+
+    encode: (s x - b_dec) W_enc + b_enc = (x - b_dec / s)(s W_enc) + b_enc, and decode divides by
+    s: W_dec / s, b_dec / s. Pre-activations (so thresholds and the top-k choice) are unchanged.
+    """
+    if not (math.isfinite(scale) and scale > 0):
+        raise ConfigError(f"fold_activation_scale: the scale must be a positive number, got {scale}")
+    with torch.no_grad():
+        sae.W_enc.mul_(scale)
+        sae.W_dec.div_(scale)
+        sae.b_dec.div_(scale)
+    return sae
