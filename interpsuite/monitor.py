@@ -4,7 +4,7 @@ The engine behind the Hugging Face callback (`interpsuite.callbacks.InterpsuiteC
 the Lightning one (`interpsuite.callbacks.lightning.InterpsuiteMonitor`); both only decide
 *when* to call `run(step)`. Each run is an ordinary `InterpretabilityPipeline` run over a
 fixed probe set, with the analyzer names and options of the YAML, written to
-`<output_dir>/step_XXXXXX/` (a complete run directory, so `interpsuite figures` and
+`<output_dir>/step_000500/` for step 500 (a complete run directory, so `interpsuite figures` and
 `+experiment=temporal checkpoints=<output_dir>` read it like any run).
 
 Not perturbing training is the contract, and a test checks it bit for bit:
@@ -259,7 +259,7 @@ class TrainingMonitor:
         return any(s.step == step for s in self.steps)
 
     def run(self, step: int, epoch: float | None = None, train: Mapping[str, Any] | None = None) -> MonitorStep:
-        """One monitored step: the analyzers on the probe set, results under step_XXXXXX/."""
+        """One monitored step: the analyzers on the probe set, results in step_000500/ for step 500."""
         from .models import wrap
 
         if self._model is None:

@@ -1,7 +1,7 @@
 """Metrics over training: run analyzers on each checkpoint, then summarise how they change.
 
 `python -m interpsuite +experiment=temporal checkpoints=<dir or list>` runs the configured
-analyzers on every checkpoint (`<run>/checkpoints/step_XXXXXX/`, each a normal run directory
+analyzers on every checkpoint (`<run>/checkpoints/step_000500/` for step 500, each a normal run directory
 made by the same InterpretabilityPipeline as any run), then writes the summary into `<run>`
 itself as a run directory with one analyzer-like entry, `temporal`:
 
