@@ -35,6 +35,18 @@ from .probes import ProbeConfig, ProbeReport, check_probe_inputs, online_codelen
 _WORD = re.compile(r"[^\W\d_]+", re.UNICODE)
 
 
+def report_best_layer(result, name: str, table, report, control: bool):
+    """The probe's best layer, its accuracy, the majority baseline (and selectivity there) as
+    metrics `<name>.*`; returns the best row. Shared by every analyzer that reports probe curves."""
+    best = table.loc[table["accuracy"].idxmax()]
+    result.metrics[f"{name}.best_layer"] = float(best["layer"])
+    result.metrics[f"{name}.best_accuracy"] = float(best["accuracy"])
+    result.metrics[f"{name}.majority_baseline"] = report.majority_baseline
+    if control:
+        result.metrics[f"{name}.selectivity_at_best"] = float(best["selectivity"])
+    return best
+
+
 @dataclass
 class LinearProbeConfig:
     tasks: list[str] = field(default_factory=lambda: ["sentiment"])  # shipped sets; [] with path = only yours
@@ -257,12 +269,8 @@ class LinearProbe(Analyzer):
 
     def _report_task(self, result, labelled, report: ProbeReport, table, task, ctx, cfg) -> None:
         name = labelled.name
-        best = table.loc[table["accuracy"].idxmax()]
-        result.metrics[f"{name}.best_layer"] = float(best["layer"])
-        result.metrics[f"{name}.best_accuracy"] = float(best["accuracy"])
-        result.metrics[f"{name}.majority_baseline"] = report.majority_baseline
+        report_best_layer(result, name, table, report, cfg.control)
         if cfg.control:
-            result.metrics[f"{name}.selectivity_at_best"] = float(best["selectivity"])
             result.metrics[f"{name}.max_selectivity"] = float(table["selectivity"].max())
             # Selectivity is a finding (a metric, and the figure): a probe may read no more than a
             # type-memorising one, as measured. What is checked is that the control does its job:

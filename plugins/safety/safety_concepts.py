@@ -43,7 +43,7 @@ from interpsuite.results import Result
 from ..probing.capture import check_block_site, hook_names, pooled_features
 from ..probing.concepts import binary_mask, cosine, diff_of_means, projection_gap
 from ..probing.labelled import FieldNames, LabelledSet, read_labelled
-from ..probing.linear_probe import check_text_probe_options, control_types, curve_table
+from ..probing.linear_probe import check_text_probe_options, control_types, curve_table, report_best_layer
 from ..probing.plots import plot_probe_curves
 from ..probing.probes import ProbeConfig, check_probe_inputs, probe_layers
 
@@ -294,12 +294,7 @@ class SafetyConcepts(Analyzer):
             ]
             table["direction_norm"] = [float(np.linalg.norm(directions[layer])) for layer in layers]
             curves.append(table)
-            best = table.loc[table["accuracy"].idxmax()]
-            result.metrics[f"{name}.best_layer"] = float(best["layer"])
-            result.metrics[f"{name}.best_accuracy"] = float(best["accuracy"])
-            result.metrics[f"{name}.majority_baseline"] = report.majority_baseline
-            if cfg.control:
-                result.metrics[f"{name}.selectivity_at_best"] = float(best["selectivity"])
+            best = report_best_layer(result, name, table, report, cfg.control)
             title = f"{info.name} {cfg.hook_point}: {name} probe ({report.n_examples} texts)"
             result.add_figure(f"{name}_probe_by_layer", plot_probe_curves, table, title, ctx.style)
             concept_summary = {
