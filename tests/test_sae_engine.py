@@ -16,11 +16,11 @@ from interpsuite_plugins.sae import (
     SyntheticDictionary,
     TrainSettings,
     dictionary_recovery,
-    explained_variance,
     geometric_median,
     sae_loss,
     shuffle_buffer,
     store_batches,
+    synthetic_recovery,
     train_sae,
 )
 from interpsuite_plugins.sae.model import step
@@ -262,35 +262,15 @@ def test_dictionary_recovery_scores():
 
 # --- training -------------------------------------------------------------------------------
 
-# 64 dims, 128 true features, 3 active per sample: overcomplete (superposition) but with
-# little enough interference between features for a linear encoder to reach EV > 0.95
-D, N_FEATURES, K = 64, 128, 3
-RECOVERY = {  # architecture -> (SAEConfig extras, TrainSettings extras)
-    "topk": ({"k": K}, {}),
-    "relu": ({}, {"l1_coefficient": 0.07}),
-    # the init threshold sits in the range of the pre-activations, and a wide kernel gives the
-    # threshold a gradient from enough tokens for a 1000-step run
-    "jumprelu": ({"jumprelu_bandwidth": 0.05, "jumprelu_init_threshold": 0.1}, {"l0_coefficient": 0.02}),
-}
-
-
 @pytest.mark.parametrize("arch", ARCHS)
 def test_synthetic_dictionary_is_recovered(arch):
-    cfg_extra, settings_extra = RECOVERY[arch]
-    data = SyntheticDictionary(D, N_FEATURES, K, noise=0.01, seed=0)
-    sae = SparseAutoencoder(SAEConfig(d_in=D, width=2 * N_FEATURES, architecture=arch, **cfg_extra), seed=0)
-    settings = TrainSettings(steps=1000, batch_size=256, lr=3e-3, **settings_extra)
-    history = train_sae(sae, data.batches(256, 1000), settings)
-    held_out = data.sample(4096)  # the generator has moved on: unseen samples
-    with torch.no_grad():
-        ev = explained_variance(held_out, sae(held_out))
-        l0 = float((sae.encode(held_out) > 0).sum(-1).float().mean())
-    recovery = dictionary_recovery(sae.W_dec, data.features)
-    print(f"{arch}: recovery {recovery:.4f}, explained variance {ev:.4f}, L0 {l0:.2f}")
-    assert recovery > 0.9 and ev > 0.95
-    assert l0 < 12  # sparse: a dense code could reach the EV without finding the features
-    assert len(history.loss) == 1000 and history.tokens == 256_000
-    assert history.mse[-1] < history.mse[0] / 4
+    """The shared recipe (`synthetic_recovery`, also the sae_train analyzer's check)."""
+    result = synthetic_recovery(arch)
+    print(f"{arch}: recovery {result.recovery:.4f}, EV {result.explained_variance:.4f}, L0 {result.l0:.2f}")
+    assert result.recovery > 0.9 and result.explained_variance > 0.95
+    assert result.l0 < 12  # sparse: a dense code could reach the EV without finding the features
+    assert result.steps == 1000 and result.tokens == 256_000
+    assert result.mse_end < result.mse_start / 4
 
 
 def _stream(seed: int, rows: int, fail_after: int | None = None):

@@ -71,7 +71,22 @@ class WandbSink(Sink):
             if name.endswith(".html"):
                 data[f"{analyzer}/views/{name}"] = self._wandb.Html(text)
         self._run.log(data)
+        self._log_curves(analyzer, result)
         self._run.summary[f"{analyzer}/status"] = result.status
+
+    def _log_curves(self, analyzer: str, result: Result) -> None:
+        """Each curve table row by row against its own step metric (`define_metric`), so the
+        W&B run shows line charts over training steps rather than one table."""
+        for name, step in result.curves.items():
+            table = result.tables.get(name)
+            if table is None or step not in table.columns:
+                continue
+            step_key = f"{analyzer}/{name}/{step}"
+            self._run.define_metric(step_key)
+            self._run.define_metric(f"{analyzer}/{name}/*", step_metric=step_key)
+            numeric = [c for c in table.columns if c != step and table[c].dtype.kind in "iuf"]
+            for row in table[[step, *numeric]].itertuples(index=False):
+                self._run.log({step_key: row[0], **{f"{analyzer}/{name}/{c}": v for c, v in zip(numeric, row[1:])}})
 
     def close(self, payload: dict[str, Any]) -> None:
         if self._run is None:

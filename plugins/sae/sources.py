@@ -1,0 +1,92 @@
+"""Which SAE an analyzer works on: a folder the user names, or the one `sae_train` made in this run.
+
+Why one place: `sae_eval` and `sae_features` (and the server later) take the same `sae:` option
+and must refuse the same mistakes before any weights load: a folder that is not an SAE, an SAE
+for another width (d_in), or one trained on another hook point than the one asked for.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from interpsuite.analyzer import RunContext
+from interpsuite.errors import ConfigError
+from interpsuite.models import ModelInfo
+
+from .model import SAEConfig
+
+#: where `sae_train` saves its SAE inside a run directory
+RUN_SAE = Path("data") / "sae_train" / "sae"
+
+
+@dataclass
+class SAEChoice:
+    """The SAE to use and where it came from (for the result's summary)."""
+
+    sae: Any
+    source: str
+    hook: str
+
+
+def check_sae_file(info: ModelInfo, path: str, hook: str | None, allow_other_hook: bool, what: str) -> str:
+    """Refuse a wrong SAE folder from its JSON alone; return the hook point to use."""
+    from ..activation.store import hook_units
+    from .files import read_sae_config
+    from .sae_train import resolve_hook
+
+    cfg: SAEConfig = read_sae_config(path)
+    chosen = hook or cfg.hook
+    if not chosen:
+        raise ConfigError(
+            f"{what}.sae: {path} does not say which hook point it was trained on; give {what}.hook=blocks.L.site"
+        )
+    chosen = resolve_hook(info, chosen, what)
+    if cfg.hook and chosen != cfg.hook and not allow_other_hook:
+        raise ConfigError(
+            f"{what}.hook: the SAE in {path} was trained on {cfg.hook}, not {chosen}; drop {what}.hook to use its own, "
+            f"or set {what}.allow_other_hook=true to apply it elsewhere on purpose"
+        )
+    units = hook_units(info, chosen)
+    if units != cfg.d_in:
+        raise ConfigError(
+            f"{what}.sae: {path} reads {cfg.d_in}-dimensional activations but {chosen} of {info.name} has {units}; "
+            "use an SAE trained for this model and hook point"
+        )
+    return chosen
+
+
+def run_sae(ctx: RunContext) -> Path | None:
+    """The SAE `sae_train` saved earlier in this run, if there is one."""
+    if ctx.run_dir is None:
+        return None
+    path = ctx.run_dir / RUN_SAE
+    return path if (path / "artifact.json").is_file() else None
+
+
+def choose_sae(
+    ctx: RunContext, path: str | None, hook: str | None, train_options: dict[str, Any], what: str
+) -> SAEChoice:
+    """`path`, else the run's own sae_train SAE, else one trained here with `sae_train` (its
+    defaults plus `train_options`, no evaluation): the analyzer then needs no file to run."""
+    from ..activation.store import hook_units
+    from .files import load_sae
+    from .sae_train import SAETrain, SAETrainConfig
+
+    info = ctx.model.info
+    if path is not None:
+        chosen = hook or check_sae_file(info, path, hook, True, what)
+        sae = load_sae(path, d_in=hook_units(info, chosen), device=ctx.model.device)
+        return SAEChoice(sae, str(Path(path).expanduser().resolve()), chosen)
+    found = run_sae(ctx)
+    if found is None:
+        trainer = SAETrain(SAETrainConfig(**train_options, evaluate=False, export_saelens=False))
+        trainer.cfg = trainer.validate(info, trainer.cfg)
+        found = Path(trainer.run(ctx).summary["sae"])
+        source = f"trained here by sae_train ({found})"
+    else:
+        source = f"sae_train of this run ({found})"
+    chosen = hook or check_sae_file(info, str(found), None, False, what)
+    sae = load_sae(found, d_in=hook_units(info, chosen), device=ctx.model.device)
+    return SAEChoice(sae, source, chosen)
