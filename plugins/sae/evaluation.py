@@ -20,7 +20,7 @@ the activation, and two intervention passes (`map` to the reconstruction, `zero`
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -132,8 +132,10 @@ def evaluate_sae(
     max_length: int | None = 128,
     dense_threshold: float = 0.1,
     downstream: bool = True,
+    progress: Callable[..., Iterable] | None = None,
 ) -> SAEEvaluation:
-    """Evaluate `sae` at `hook` (default: the SAE's own) over `texts`; see the module docstring."""
+    """Evaluate `sae` at `hook` (default: the SAE's own) over `texts`; see the module docstring.
+    `progress(iterable, desc, total)` wraps the batches (a RunContext's `progress`: a bar)."""
     hook = _sae_hook(sae, hook)
     if hook not in model.info.hook_points():
         from interpsuite.hooks import unknown_hook_message
@@ -152,7 +154,9 @@ def evaluate_sae(
         return sae.decode(sae.encode(x)).to(x.dtype)
 
     with torch.no_grad():
-        for batch in model.batches(list(texts), batch_size, max_length):
+        batches = model.batches(list(texts), batch_size, max_length)
+        n_batches = (len(texts) + batch_size - 1) // batch_size
+        for batch in progress(batches, "sae_eval", n_batches) if progress else batches:
             clean = model.forward(batch, capture=[hook])
             x = clean.cache[hook]
             if x.shape[-1] != d_in:

@@ -22,7 +22,7 @@ function of its inputs.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -390,11 +390,14 @@ def _stream(
     batch_size: int,
     max_length: int | None,
     max_tokens: int | None,
+    progress: Callable[..., Iterable] | None = None,
 ) -> _Store:
     store = _Store(width)
     sae_device = sae.W_dec.device
     with torch.no_grad():
-        for batch in model.batches(texts, batch_size, max_length):
+        batches = model.batches(texts, batch_size, max_length)
+        n_batches = (len(texts) + batch_size - 1) // batch_size
+        for batch in progress(batches, "sae_features", n_batches) if progress else batches:
             x = model.forward(batch, capture=[hook]).cache[hook]
             if x.shape[-1] != d_in:
                 raise ConfigError(
@@ -618,13 +621,15 @@ def feature_report(
     max_tokens: int | None = None,
     selection: str = "active",
     seed: int = 0,
+    progress: Callable[..., Iterable] | None = None,
 ) -> FeatureReport:
     """Browse `sae`'s latents at `hook` (default: the SAE's own) over `texts`; see the module docstring.
 
     `features`: explicit latent ids (dead ones allowed: their entry says they never fired), else
     the `top_n` alive latents by `selection`: "active" (highest density), "max" (highest max
     activation) or "random" (seeded). `context_window` = (tokens before, tokens after) the focus
-    token. `max_tokens` stops the pass after that many real tokens.
+    token. `max_tokens` stops the pass after that many real tokens. `progress(iterable, desc,
+    total)` wraps the batches (a RunContext's `progress`: a bar).
     """
     hook, width, d_in = _resolve_hook(model, sae, hook)
     if isinstance(texts, str):
@@ -657,7 +662,7 @@ def feature_report(
     if features is not None:  # refuse a bad id before the pass, not after it
         _choose(features, top_n, selection, width, np.zeros(width), np.zeros(width), seed)
 
-    store = _stream(model, sae, texts, hook, width, d_in, batch_size, max_length, max_tokens)
+    store = _stream(model, sae, texts, hook, width, d_in, batch_size, max_length, max_tokens, progress)
     if store.n == 0:
         raise ConfigError("feature report: the texts hold no tokens")
     density = store.fires / store.n

@@ -95,7 +95,7 @@ class SAEEval(Analyzer):
         max_length = cfg.max_length or ctx.max_length
         evaluation = evaluate_sae(
             model, choice.sae, texts, choice.hook, batch_size=ctx.batch_size, max_length=max_length,
-            dense_threshold=cfg.dense_threshold, downstream=cfg.downstream,
+            dense_threshold=cfg.dense_threshold, downstream=cfg.downstream, progress=ctx.progress,
         )  # fmt: skip
         result = Result()
         result.metrics.update({k: v for k, v in evaluation.metrics().items() if v is not None})

@@ -142,7 +142,7 @@ class SAEFeatures(Analyzer):
             n_quantiles=cfg.n_quantiles, samples_per_quantile=cfg.samples_per_quantile,
             histogram_bins=cfg.histogram_bins, n_logit_tokens=cfg.n_logit_tokens, n_cofiring=cfg.n_cofiring,
             batch_size=ctx.batch_size, max_length=max_length, max_tokens=cfg.max_tokens,
-            selection=cfg.selection, seed=ctx.seed,
+            selection=cfg.selection, seed=ctx.seed, progress=ctx.progress,
         )  # fmt: skip
         result = Result()
         payload = report.to_json()

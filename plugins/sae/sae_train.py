@@ -263,7 +263,7 @@ class SAETrain(Analyzer):
         if cfg.evaluate and held_texts:
             evaluation = evaluate_sae(
                 model, sae, held_texts, hook, batch_size=ctx.batch_size, max_length=max_length,
-                dense_threshold=cfg.dense_threshold,
+                dense_threshold=cfg.dense_threshold, progress=ctx.progress,
             )  # fmt: skip
             result.metrics.update({k: v for k, v in evaluation.metrics().items() if v is not None})
             result.metrics["held_out_tokens"] = result.metrics.pop("n_tokens")
