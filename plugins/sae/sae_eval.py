@@ -25,11 +25,6 @@ from interpsuite.errors import ConfigError
 from interpsuite.models import ModelInfo
 from interpsuite.results import Result
 
-from .sae_train import resolve_hook
-from .workflow import CORPORA
-
-TEXT_CHOICES = ("held_out", "all")
-
 
 @dataclass
 class SAEEvalConfig:
@@ -54,44 +49,21 @@ class SAEEval(Analyzer):
     Config = SAEEvalConfig
 
     def validate(self, info: ModelInfo, cfg: SAEEvalConfig) -> SAEEvalConfig:
-        from .sae_train import SAETrainConfig, check_options
-        from .sources import check_sae_file
+        from .sources import check_source_options
 
-        if cfg.texts not in TEXT_CHOICES:
-            raise ConfigError(f"sae_eval.texts: {cfg.texts!r} is not one of {', '.join(TEXT_CHOICES)}")
-        if cfg.corpus not in CORPORA:
-            raise ConfigError(f"sae_eval.corpus: {cfg.corpus!r} is unknown; choose one of {', '.join(CORPORA)}")
-        if cfg.max_texts is not None and cfg.max_texts < 1:
-            raise ConfigError(f"sae_eval.max_texts must be >= 1 or null, got {cfg.max_texts}")
-        check_options(SAETrainConfig(corpus=cfg.corpus, paths=cfg.paths, max_chars=cfg.max_chars,
-                                     held_out=cfg.held_out, max_length=cfg.max_length,
-                                     dense_threshold=cfg.dense_threshold), self.name)  # fmt: skip
-        if cfg.sae is not None:
-            cfg.hook = check_sae_file(info, cfg.sae, cfg.hook, cfg.allow_other_hook, self.name)
-        elif cfg.hook is not None:
-            cfg.hook = resolve_hook(info, cfg.hook, self.name)
+        check_source_options(info, cfg, self.name)
+        if not 0.0 < cfg.dense_threshold <= 1.0:
+            raise ConfigError(f"sae_eval.dense_threshold must be in (0, 1], got {cfg.dense_threshold}")
         return cfg
 
     def run(self, ctx: RunContext) -> Result:
         from .evaluation import evaluate_sae
         from .feature_plots import plot_feature_density
-        from .sources import choose_sae
-        from .workflow import corpus_texts, split_held_out
+        from .sources import sae_and_texts
 
         cfg: SAEEvalConfig = self.cfg
         model = ctx.model
-        train_options = {"corpus": cfg.corpus, "paths": list(cfg.paths), "max_chars": cfg.max_chars,
-                         "held_out": cfg.held_out, "max_length": cfg.max_length, "hook": cfg.hook}  # fmt: skip
-        choice = choose_sae(ctx, cfg.sae, cfg.hook, train_options, self.name)
-        texts = corpus_texts(cfg.corpus, ctx.inputs.texts, cfg.paths, cfg.max_chars)
-        if cfg.texts == "held_out":
-            texts = split_held_out(texts, cfg.held_out, ctx.seed)[1]
-            if not texts:
-                raise ConfigError(
-                    "sae_eval: the corpus has no held-out texts (held_out=0 or a single text); "
-                    "raise held_out, give more texts, or set texts=all"
-                )
-        texts = texts[: cfg.max_texts] if cfg.max_texts else texts
+        choice, texts = sae_and_texts(ctx, cfg, self.name)
         max_length = cfg.max_length or ctx.max_length
         evaluation = evaluate_sae(
             model, choice.sae, texts, choice.hook, batch_size=ctx.batch_size, max_length=max_length,

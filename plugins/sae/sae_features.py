@@ -29,10 +29,6 @@ from interpsuite.errors import ConfigError
 from interpsuite.models import ModelInfo
 from interpsuite.results import Result
 
-from .sae_train import resolve_hook
-from .workflow import CORPORA
-
-TEXT_CHOICES = ("all", "held_out")
 #: features whose top context is recomputed for the agreement check
 RECOMPUTED = 5
 
@@ -74,14 +70,10 @@ class SAEFeatures(Analyzer):
     def validate(self, info: ModelInfo, cfg: SAEFeaturesConfig) -> SAEFeaturesConfig:
         from .features import SELECTIONS
         from .files import read_sae_config
-        from .sae_train import SAETrainConfig, check_options
-        from .sources import check_sae_file
+        from .sources import check_source_options
 
         what = self.name
-        if cfg.texts not in TEXT_CHOICES:
-            raise ConfigError(f"{what}.texts: {cfg.texts!r} is not one of {', '.join(TEXT_CHOICES)}")
-        if cfg.corpus not in CORPORA:
-            raise ConfigError(f"{what}.corpus: {cfg.corpus!r} is unknown; choose one of {', '.join(CORPORA)}")
+        check_source_options(info, cfg, what)
         if cfg.selection not in SELECTIONS:
             raise ConfigError(f"{what}.selection: {cfg.selection!r} is unknown; choose one of {', '.join(SELECTIONS)}")
         for name in ("top_n", "n_contexts", "n_quantiles", "histogram_bins"):
@@ -97,22 +89,15 @@ class SAEFeatures(Analyzer):
         ):
             if getattr(cfg, name) < 0:
                 raise ConfigError(f"{what}.{name} must be >= 0, got {getattr(cfg, name)}")
-        for name in ("max_texts", "max_tokens"):
-            value = getattr(cfg, name)
-            if value is not None and value < 1:
-                raise ConfigError(f"{what}.{name} must be >= 1 or null, got {value}")
-        check_options(SAETrainConfig(corpus=cfg.corpus, paths=cfg.paths, max_chars=cfg.max_chars,
-                                     held_out=cfg.held_out, max_length=cfg.max_length), what)  # fmt: skip
+        if cfg.max_tokens is not None and cfg.max_tokens < 1:
+            raise ConfigError(f"{what}.max_tokens must be >= 1 or null, got {cfg.max_tokens}")
         if cfg.sae is not None:
-            cfg.hook = check_sae_file(info, cfg.sae, cfg.hook, cfg.allow_other_hook, what)
             width = read_sae_config(cfg.sae).width
             bad = [f for f in cfg.features or [] if not 0 <= f < width]
             if bad:
                 raise ConfigError(
                     f"{what}.features: {bad[0]} is not a latent of this SAE (width {width}: 0..{width - 1})"
                 )
-        elif cfg.hook is not None:
-            cfg.hook = resolve_hook(info, cfg.hook, what)
         if cfg.features is not None and not cfg.features:
             raise ConfigError(f"{what}.features is empty; give latent ids, or null for the top_n by selection")
         return cfg
@@ -121,20 +106,11 @@ class SAEFeatures(Analyzer):
         from .browser import feature_browser_html
         from .feature_plots import plot_feature_cards, plot_feature_density
         from .features import feature_report
-        from .sources import choose_sae
-        from .workflow import corpus_texts, split_held_out
+        from .sources import sae_and_texts
 
         cfg: SAEFeaturesConfig = self.cfg
         model = ctx.model
-        train_options = {"corpus": cfg.corpus, "paths": list(cfg.paths), "max_chars": cfg.max_chars,
-                         "held_out": cfg.held_out, "max_length": cfg.max_length, "hook": cfg.hook}  # fmt: skip
-        choice = choose_sae(ctx, cfg.sae, cfg.hook, train_options, self.name)
-        texts = corpus_texts(cfg.corpus, ctx.inputs.texts, cfg.paths, cfg.max_chars)
-        if cfg.texts == "held_out":
-            texts = split_held_out(texts, cfg.held_out, ctx.seed)[1]
-            if not texts:
-                raise ConfigError("sae_features: the corpus has no held-out texts; raise held_out or set texts=all")
-        texts = texts[: cfg.max_texts] if cfg.max_texts else texts
+        choice, texts = sae_and_texts(ctx, cfg, self.name)
         max_length = cfg.max_length or ctx.max_length
         report = feature_report(
             model, choice.sae, texts, choice.hook, features=cfg.features, top_n=cfg.top_n,

@@ -90,3 +90,47 @@ def choose_sae(
     chosen = hook or check_sae_file(info, str(found), None, False, what)
     sae = load_sae(found, d_in=hook_units(info, chosen), device=ctx.model.device)
     return SAEChoice(sae, source, chosen)
+
+
+#: which corpus texts an analyzer reads: all of them, or the held-out split sae_train did not train on
+TEXT_CHOICES = ("held_out", "all")
+
+
+def check_source_options(info: ModelInfo, cfg: Any, what: str) -> None:
+    """The options `sae_eval` and `sae_features` share (sae, hook, corpus, texts...), checked
+    before weights load; `cfg.hook` is resolved in place."""
+    from .sae_train import SAETrainConfig, check_options, resolve_hook
+    from .workflow import CORPORA
+
+    if cfg.texts not in TEXT_CHOICES:
+        raise ConfigError(f"{what}.texts: {cfg.texts!r} is not one of {', '.join(TEXT_CHOICES)}")
+    if cfg.corpus not in CORPORA:
+        raise ConfigError(f"{what}.corpus: {cfg.corpus!r} is unknown; choose one of {', '.join(CORPORA)}")
+    if cfg.max_texts is not None and cfg.max_texts < 1:
+        raise ConfigError(f"{what}.max_texts must be >= 1 or null, got {cfg.max_texts}")
+    corpus = SAETrainConfig(corpus=cfg.corpus, paths=cfg.paths, max_chars=cfg.max_chars, held_out=cfg.held_out,
+                            max_length=cfg.max_length)  # fmt: skip
+    check_options(corpus, what)
+    if cfg.sae is not None:
+        cfg.hook = check_sae_file(info, cfg.sae, cfg.hook, cfg.allow_other_hook, what)
+    elif cfg.hook is not None:
+        cfg.hook = resolve_hook(info, cfg.hook, what)
+
+
+def sae_and_texts(ctx: RunContext, cfg: Any, what: str) -> tuple[SAEChoice, list[str]]:
+    """The SAE (`choose_sae`) and the texts to read: the corpus, or its held-out split under the
+    seed sae_train uses, cut to `max_texts`."""
+    from .workflow import corpus_texts, split_held_out
+
+    train_options = {"corpus": cfg.corpus, "paths": list(cfg.paths), "max_chars": cfg.max_chars,
+                     "held_out": cfg.held_out, "max_length": cfg.max_length, "hook": cfg.hook}  # fmt: skip
+    choice = choose_sae(ctx, cfg.sae, cfg.hook, train_options, what)
+    texts = corpus_texts(cfg.corpus, ctx.inputs.texts, cfg.paths, cfg.max_chars)
+    if cfg.texts == "held_out":
+        texts = split_held_out(texts, cfg.held_out, ctx.seed)[1]
+        if not texts:
+            raise ConfigError(
+                f"{what}: the corpus has no held-out texts (held_out=0 or a single text); "
+                "raise held_out, give more texts, or set texts=all"
+            )
+    return choice, texts[: cfg.max_texts] if cfg.max_texts else texts
