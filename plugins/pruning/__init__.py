@@ -1,0 +1,70 @@
+"""Pruning analysis (family `pruning`, issue 15): weights, importance scores, masks, impact, export.
+
+Engines first (the server's NeuronScope endpoints and scripts call them without the pipeline):
+`weights` (weight statistics and spectra per linear module), `calibration` (Wanda's
+input-feature norms, magnitude and Wanda scores), `plan` / `masks` (a `PruningPlan` applied in
+place and restored exactly, never a copy of the model), `export` (a standard Hugging Face
+folder, structured pruning removed physically where the architecture allows). The analyzers
+are thin layers over these.
+
+Names are loaded on first use: importing the package does not import torch.
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import Any
+
+from interpsuite.hookspecs import hookimpl
+
+from .._family import collect_analyzers
+
+MODULES: tuple[str, ...] = ("weight_analysis",)
+
+_EXPORTS = {
+    "KINDS": "weights",
+    "LinearModule": "weights",
+    "WeightMatrix": "weights",
+    "linear_modules": "weights",
+    "weight_matrices": "weights",
+    "analyze_weights": "weights",
+    "WeightAnalysis": "weights",
+    "matrix_stats": "weights",
+    "MatrixStats": "weights",
+    "effective_rank": "weights",
+    "power_iteration_norm": "weights",
+    "input_feature_norms": "calibration",
+    "wanda_scores": "calibration",
+    "magnitude_scores": "calibration",
+    "PruningPlan": "plan",
+    "SparsityReport": "plan",
+    "plan_from_scores": "plan",
+    "check_sparsity": "plan",
+    "GRANULARITIES": "plan",
+    "SCOPES": "plan",
+    "masked": "masks",
+    "active_plan": "masks",
+    "export_pruned": "export",
+    "ExportReport": "export",
+    "removal_plan": "export",
+}
+
+__all__ = sorted([*_EXPORTS, "MODULES"])
+
+
+@hookimpl
+def interpsuite_analyzers():
+    return collect_analyzers(__name__, MODULES)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))
