@@ -1,13 +1,18 @@
 """Pruning analysis (family `pruning`, issue 15): weights, importance scores, masks, impact, export.
 
 Engines first (the server's NeuronScope endpoints and scripts call them without the pipeline):
-`weights` (weight statistics and spectra per linear module), `calibration` (Wanda's
-input-feature norms, magnitude and Wanda scores), `plan` / `masks` (a `PruningPlan` applied in
-place and restored exactly, never a copy of the model), `export` (a standard Hugging Face
-folder, structured pruning removed physically where the architecture allows). The analyzers
-are thin layers over these.
+- `weights`: weight statistics and spectra per linear module;
+- `calibration`: Wanda's input-feature norms, magnitude and Wanda scores;
+- `criteria`: importance scores at three granularities (magnitude, Wanda; neuron activation,
+  Taylor, ablation; head Taylor, ablation) and `prune(model, criterion, sparsity, granularity)`;
+- `plan` / `masks`: a `PruningPlan` applied in place and restored exactly, never a copy of the model;
+- `impact`: perplexity, IOI and factual recall of many plans with bootstrap intervals (structured
+  plans share one sweep);
+- `export`: a standard Hugging Face folder, structured pruning removed physically where the
+  architecture allows.
 
-Names are loaded on first use: importing the package does not import torch.
+The analyzers are thin layers over these. Names are loaded on first use: importing the package
+does not import torch.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ from interpsuite.hookspecs import hookimpl
 
 from .._family import collect_analyzers
 
-MODULES: tuple[str, ...] = ("weight_analysis",)
+MODULES: tuple[str, ...] = ("weight_analysis", "pruning_candidates", "pruning_impact")
 
 _EXPORTS = {
     "KINDS": "weights",
@@ -47,6 +52,13 @@ _EXPORTS = {
     "export_pruned": "export",
     "ExportReport": "export",
     "removal_plan": "export",
+    "importance_scores": "criteria",
+    "prune": "criteria",
+    "Scores": "criteria",
+    "CRITERIA": "criteria",
+    "evaluate_plans": "impact",
+    "ImpactResult": "impact",
+    "plan_interventions": "impact",
 }
 
 __all__ = sorted([*_EXPORTS, "MODULES"])
