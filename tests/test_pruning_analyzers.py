@@ -112,3 +112,19 @@ def test_pruning_candidates_on_an_encoder_leaves_out_the_loss_based_criteria(tin
 )
 def test_pruning_analyzers_refuse_bad_options(tiny_models, tmp_path, analyzers, message):
     assert message in plan_error(tiny_models["tiny_llama"], analyzers, tmp_path)
+
+
+def test_pruning_export_writes_a_smaller_model_that_transformers_reloads(tiny_models, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    options = {"granularity": "neurons", "criterion": "activation", "sparsity": 0.25, "path": str(tmp_path / "out")}
+    entry = run(tiny_models["tiny_llama"], {"pruning_export": options}, tmp_path / "run")["analyzers"]["pruning_export"]
+    assert entry["status"] == "ok", entry["error"]
+    assert entry["checks"]["export_max_abs_logit_diff"]["value"] <= 1e-5
+    assert entry["summary"]["physical"] is True
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "out")
+    assert reloaded.config.intermediate_size == tiny_models["tiny_llama"].hf_model.config.intermediate_size * 3 // 4
+    assert entry["metrics"]["parameters_after"] == sum(p.numel() for p in reloaded.parameters())
+    # the folder now exists: a second export there is refused before anything runs
+    error = plan_error(tiny_models["tiny_llama"], {"pruning_export": options}, tmp_path)
+    assert "already exists" in error and "overwrite=true" in error

@@ -24,7 +24,7 @@ from interpsuite.hookspecs import hookimpl
 
 from .._family import collect_analyzers
 
-MODULES: tuple[str, ...] = ("weight_analysis", "pruning_candidates", "pruning_impact")
+MODULES: tuple[str, ...] = ("weight_analysis", "pruning_candidates", "pruning_impact", "pruning_export")
 
 _EXPORTS = {
     "KINDS": "weights",
