@@ -138,6 +138,15 @@ class PruningCandidates(Analyzer):
         result.tables["agreement"] = pd.DataFrame(
             agreement, columns=["granularity", "criterion_a", "criterion_b", "spearman", "topk_overlap", "k", "n"]
         )
+        from .candidate_plots import plot_criteria_agreement, plot_head_scores
+
+        if agreement:
+            result.add_figure("criteria_agreement", plot_criteria_agreement, result.tables["agreement"],
+                              model.info.name, ctx.style)  # fmt: skip
+        heads = result.tables.get("heads")
+        for criterion in [c for c in cfg.heads if heads is not None and c in heads.columns]:
+            grid = heads.pivot(index="layer", columns="unit", values=criterion).to_numpy(dtype=float)
+            result.add_figure(f"heads_{criterion}", plot_head_scores, grid, criterion, model.info.name, ctx.style)
         for row in agreement:
             key = f"{row['granularity']}.{row['criterion_a']}_vs_{row['criterion_b']}"
             if not np.isnan(row["spearman"]):
