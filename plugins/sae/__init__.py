@@ -18,12 +18,9 @@ Names are loaded on first use: importing the package does not import torch.
 
 from __future__ import annotations
 
-from importlib import import_module
-from typing import Any
-
 from interpsuite.hookspecs import hookimpl
 
-from .._family import collect_analyzers
+from .._family import collect_analyzers, lazy_exports
 
 MODULES: tuple[str, ...] = ("sae_train", "sae_eval", "sae_features")
 
@@ -79,14 +76,4 @@ def interpsuite_analyzers():
     return collect_analyzers(__name__, MODULES)
 
 
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(import_module(f".{module}", __name__), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_EXPORTS))
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
