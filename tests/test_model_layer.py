@@ -241,3 +241,27 @@ def test_key_value_patching_and_frozen_norms(tiny_models):
     torch.testing.assert_close(frozen, model.forward(clean).output, atol=1e-5, rtol=0)
     doubled = model.forward(clean, interventions=[Intervention("final.scale", "scale", factor=2.0)]).output
     assert float((doubled - model.forward(clean).output).abs().max()) > 1e-3
+
+
+@pytest.mark.parametrize("name", ["tiny_llama", "tiny_gpt2", "tiny_bert"])
+def test_a_deep_copy_of_the_wrapped_model_computes_with_its_own_weights(tiny_models, name):
+    """copy.deepcopy(model.hf_model) is what users (and the naive pruning baseline) do to edit
+    weights safely. The copy must run its own blocks: before the fix its blocks' forward still
+    called the original blocks, so zeroing the copy's weights changed nothing."""
+    import copy
+    import re
+
+    model = tiny_models[name]
+    batch = model.tokenize(["The quick brown fox jumps over the lazy dog."])
+    inputs = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask}
+    with torch.no_grad():
+        original = model.hf_model(**inputs)[0]
+        twin = copy.deepcopy(model.hf_model)
+        torch.testing.assert_close(twin(**inputs)[0], original, rtol=0, atol=0)  # same weights, same numbers
+        in_blocks = [p for n, p in twin.named_parameters() if re.search(r"\.\d+\.", n)]  # layers.0., h.1., ...
+        assert in_blocks
+        for parameter in in_blocks:  # only the blocks' weights: the wrapped part of the model
+            parameter.mul_(0.5)
+        halved = twin(**inputs)[0]
+        assert (halved - original).abs().max() > 1e-3  # the copy's blocks use the copy's weights
+        torch.testing.assert_close(model.hf_model(**inputs)[0], original, rtol=0, atol=0)  # original untouched

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import threading
+import types
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -192,13 +193,17 @@ class HookedModel:
         had_own_forward = "forward" in block.__dict__
         original = block.forward
 
-        def forward(*args, **kwargs):
+        def forward(module, *args, **kwargs):
             state = current_pass(owner)
             if state is not None and layer < state.start_layer:
                 return args[0] if args else kwargs["hidden_states"]
+            if module is not block:  # a copy of the block (copy.deepcopy of the model): its own weights
+                return type(module).forward(module, *args, **kwargs)
             return original(*args, **kwargs)
 
-        block.forward = forward
+        # bound to the block (not a closure over it), so copy.deepcopy(model.hf_model) rebinds it
+        # to the copied block and the copy computes with its own weights
+        block.forward = types.MethodType(forward, block)
 
         def undo() -> None:
             handle.remove()
