@@ -119,7 +119,10 @@ def autograd_reference(model, granularity: str, texts: list[str]) -> dict[int, t
 @pytest.mark.parametrize("granularity", ["neurons", "heads"])
 def test_taylor_equals_an_autograd_reference(tiny_models, name, granularity):
     model = tiny_models[name]
+    for parameter in model.hf_model.parameters():  # the shared tiny model may carry another test's grads
+        parameter.grad = None
     scores = importance_scores(model, "taylor", granularity, TEXTS, batch_size=3)
+    assert all(p.grad is None for p in model.hf_model.parameters())  # no gradients left on the model
     reference = autograd_reference(model, granularity, TEXTS)
     n = model.info.d_mlp if granularity == "neurons" else model.info.n_heads
     assert scores.n_tokens == int(model.tokenize(TEXTS).attention_mask[:, 1:].sum())
@@ -127,7 +130,6 @@ def test_taylor_equals_an_autograd_reference(tiny_models, name, granularity):
         assert scores.values[layer].shape == (n,)
         assert (scores.values[layer] >= 0).all()
         torch.testing.assert_close(scores.values[layer].double(), expected, rtol=1e-4, atol=1e-8)
-    assert all(p.grad is None for p in model.hf_model.parameters())  # no gradients left on the model
 
 
 # --- ablation --------------------------------------------------------------------------------------
