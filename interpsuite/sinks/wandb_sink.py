@@ -86,7 +86,9 @@ class WandbSink(Sink):
             self._run.define_metric(f"{analyzer}/{name}/*", step_metric=step_key)
             numeric = [c for c in table.columns if c != step and table[c].dtype.kind in "iuf"]
             for row in table[[step, *numeric]].itertuples(index=False):
-                self._run.log({step_key: row[0], **{f"{analyzer}/{name}/{c}": v for c, v in zip(numeric, row[1:])}})
+                self._run.log(
+                    {step_key: row[0], **{f"{analyzer}/{name}/{c}": v for c, v in zip(numeric, row[1:], strict=True)}}
+                )
 
     def close(self, payload: dict[str, Any]) -> None:
         if self._run is None:
