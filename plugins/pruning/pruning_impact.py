@@ -23,7 +23,6 @@ structured plans; calibration and evaluation share no text.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from interpsuite.analyzer import Analyzer, RunContext
 from interpsuite.errors import ConfigError
@@ -33,7 +32,6 @@ from interpsuite.results import Result
 GRANULARITIES = ("unstructured", "neurons", "heads")
 CALIBRATION_SOURCES = ("python_docs", "inputs", "lens_corpus")
 EVAL_SOURCES = ("inputs", "lens_corpus")
-LENS_CORPUS = Path(__file__).resolve().parents[1] / "mechanistic" / "data" / "lens_corpus.txt"
 
 
 @dataclass
@@ -51,7 +49,10 @@ class PruningImpactConfig:
 
 
 def shipped_corpus() -> list[str]:
-    return [line.strip() for line in LENS_CORPUS.read_text(encoding="utf-8").splitlines() if line.strip()]
+    """The mechanistic plugin's shipped English paragraphs (the tuned lens's corpus), one text per line."""
+    from ..mechanistic.tuned_lens import CORPUS_PATH, read_lines
+
+    return read_lines(CORPUS_PATH)
 
 
 def calibration_texts(source: str, run_texts: list[str], n: int) -> list[str]:

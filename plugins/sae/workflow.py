@@ -42,7 +42,6 @@ __all__ = [
     "corpus_texts",
     "record_activations",
     "split_held_out",
-    "store_rows",
     "train_on_store",
 ]
 
@@ -119,17 +118,6 @@ def record_activations(
         str(Path(folder).resolve()), len(store), store.texts_completed, stats.seconds, rate, stats.started_at != (0, 0)
     )
     return store, record
-
-
-def store_rows(store: str | Path, hook: str) -> int:
-    """Rows (tokens) of `hook` in a store folder, from its manifest alone (no tensors read)."""
-    from ..activation.store import read_manifest
-
-    manifest = read_manifest(store)
-    if hook not in manifest.get("config", {}).get("hooks", []):
-        held = ", ".join(manifest.get("config", {}).get("hooks", [])) or "none"
-        raise ConfigError(f"activation store {store} has no rows of {hook} (it holds: {held}); record that hook point")
-    return int(sum(int(shard["rows"]) for shard in manifest["shards"]))
 
 
 @dataclass
