@@ -46,6 +46,12 @@ class Analyzer(ABC):
     description: ClassVar[str] = ""
     Config: ClassVar[type] = NoConfig
     requires_causal_lm: ClassVar[bool] = False
+    #: how outputs combine over the windows of long documents (data.long_documents=window,
+    #: docs/scale.md): "stitch" (per-token tables, those with `text_id` and `position` columns,
+    #: keep each token from the window that owns it; statistics count `batch.counted_mask`),
+    #: "accumulate" (global statistics over `batch.counted_mask`), "per_window" (one output per
+    #: window plus a document summary). None: cannot combine, refused in window mode.
+    window_outputs: ClassVar[str | None] = None
 
     def __init__(self, cfg: Any = None):
         self.cfg = cfg if cfg is not None else self.Config()

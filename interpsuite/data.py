@@ -13,6 +13,7 @@ from typing import Any
 
 from .errors import ConfigError
 from .settings import coerce_dataclass, constrained
+from .windows import WindowedInputs, WindowSpec
 
 
 @dataclass(frozen=True)
@@ -22,6 +23,16 @@ class Dataset:
     name: str
     description: str
     load: Callable[[], list[str]]
+
+
+@dataclass
+class WindowConfig:
+    """`data.window`, used by `data.long_documents: window` (docs/scale.md)."""
+
+    #: content tokens per window (null: data.max_length)
+    length: int | None = constrained(None, min=2, example=512)
+    #: tokens between window starts (null: half the length)
+    stride: int | None = constrained(None, min=1, example=256)
 
 
 @dataclass
@@ -40,6 +51,13 @@ class DataConfig:
     encoding: str = constrained("utf-8", example="latin-1")
     #: texts longer than max_length tokens: warn (truncate, and say how many) or error
     truncation: str = constrained("warn", choices=("warn", "error"))
+    #: texts longer than max_length: truncate (as `truncation` says), window (overlapping windows,
+    #: analyzers combine their outputs: docs/scale.md) or error (refuse, like truncation=error)
+    long_documents: str = constrained("truncate", choices=("truncate", "window", "error"))
+    window: WindowConfig = field(default_factory=WindowConfig)
+    #: a .txt file's texts: line (one per line), file (the whole file is one document), auto (line for
+    #: data.path=<file>.txt, file for the .txt files of data.path=<directory>)
+    text_unit: str = constrained("auto", choices=("auto", "line", "file"))
 
 
 def validate_data_config(cfg: DataConfig) -> DataConfig:
@@ -49,7 +67,21 @@ def validate_data_config(cfg: DataConfig) -> DataConfig:
         codecs.lookup(cfg.encoding)
     except LookupError:
         raise ConfigError(f"data.encoding: unknown encoding {cfg.encoding!r}; e.g. data.encoding=latin-1") from None
+    if cfg.long_documents == "window":
+        window_spec(cfg).check()
     return cfg
+
+
+def window_spec(cfg: DataConfig) -> WindowSpec:
+    """The window of `data.long_documents: window`: data.window.length (else data.max_length) tokens,
+    a new window every data.window.stride (else half a window) tokens."""
+    length = cfg.window.length if cfg.window.length is not None else cfg.max_length
+    if length is None:
+        raise ConfigError(
+            "data.long_documents=window needs a window length: set data.window.length=<tokens> or data.max_length"
+        )
+    stride = cfg.window.stride if cfg.window.stride is not None else max(1, length // 2)
+    return WindowSpec(length, stride)
 
 
 @dataclass
@@ -58,6 +90,8 @@ class Inputs:
     source: str
     #: per-text side information aligned with `texts`, e.g. extra["targets"] (None where absent)
     extra: dict[str, Any] = field(default_factory=dict)
+    #: data.long_documents=window: the texts are windows (TokenWindow) of these documents
+    windows: WindowedInputs | None = None
 
     @property
     def count(self) -> int:
@@ -121,8 +155,11 @@ def json_lines(text: str, name: str) -> list[tuple[str, Any]]:
     return records
 
 
-def _read_txt(path: Path, encoding: str, options: FileOptions) -> list[Record]:
-    lines = _read_text(path, encoding, options).splitlines()
+def _read_txt(path: Path, encoding: str, options: FileOptions, whole: bool = False) -> list[Record]:
+    text = _read_text(path, encoding, options)
+    if whole:  # the file is one document
+        return [Record(text, None, path.name)] if text.strip() else []
+    lines = text.splitlines()
     return [Record(line, None, f"{path.name}:{n}") for n, line in enumerate(lines, start=1) if line.strip()]
 
 
@@ -166,22 +203,64 @@ def read_records(
     target_field: str = "target",
     encoding: str = "utf-8",
     options: FileOptions = RUN_INPUTS,
+    text_unit: str = "auto",
 ) -> list[Record]:
-    """Every text of a .txt / .jsonl / .csv file with its target (blank .txt lines are skipped;
-    an empty text in a .jsonl/.csv record is an error naming the line). Every reader of users'
-    text files (run inputs, an analyzer's normal or OOD sets) reads here, so every one names
-    `file:line` and the option to fix in the same way."""
+    """Every text of a .txt / .jsonl / .csv file (or of every such file in a directory) with its
+    target (blank .txt lines are skipped; an empty text in a .jsonl/.csv record is an error
+    naming the line). Every reader of users' text files (run inputs, an analyzer's normal or OOD
+    sets) reads here, so every one names `file:line` and the option to fix in the same way."""
     path = Path(path).expanduser()
+    if path.is_dir():
+        return _read_directory(path, text_field, target_field, encoding, options, text_unit)
     if not path.is_file():
         raise ConfigError(f"{options.path} {str(path)!r} does not exist or is not a file")
     kind = READERS.get(path.suffix.lower())
     if kind is None:
         raise ConfigError(f"{options.path} {path.name!r}: unsupported file type; use .txt, .jsonl or .csv")
     if kind == "txt":
-        return _read_txt(path, encoding, options)
+        return _read_txt(path, encoding, options, whole=text_unit == "file")
     if kind == "jsonl":
         return _read_jsonl(path, text_field, target_field, encoding, options)
     return _read_csv(path, text_field, target_field, encoding, options)
+
+
+def _read_directory(
+    folder: Path, text_field: str, target_field: str, encoding: str, options: FileOptions, text_unit: str
+) -> list[Record]:
+    """Every readable file under `folder` (sorted by path; hidden entries and links that leave the
+    folder are skipped, so a name on disk never reads outside it). A .txt file is one document
+    unless text_unit=line."""
+    root = folder.resolve()
+    files = []
+    for path in sorted(folder.rglob("*")):
+        relative = path.relative_to(folder)
+        if any(part.startswith(".") for part in relative.parts) or path.suffix.lower() not in READERS:
+            continue
+        try:
+            resolved = path.resolve()
+        except OSError:
+            continue
+        if not resolved.is_file() or not resolved.is_relative_to(root):
+            continue
+        files.append(path)
+    if not files:
+        raise ConfigError(
+            f"{options.path} {str(folder)!r} has no .txt, .jsonl or .csv files; put the documents there or "
+            f"point {options.path} at a file"
+        )
+    whole = text_unit != "line"
+    records = []
+    for path in files:
+        kind = READERS[path.suffix.lower()]
+        if kind == "txt":
+            found = _read_txt(path, encoding, options, whole=whole)
+        elif kind == "jsonl":
+            found = _read_jsonl(path, text_field, target_field, encoding, options)
+        else:
+            found = _read_csv(path, text_field, target_field, encoding, options)
+        name = str(path.relative_to(folder))
+        records.extend(Record(r.text, r.target, f"{name}:{r.where.split(':', 1)[-1]}") for r in found)
+    return records
 
 
 def read_file(
@@ -200,7 +279,7 @@ def load_inputs(cfg: DataConfig, datasets: dict[str, Any]) -> Inputs:
     if cfg.texts:
         texts, source = [str(t) for t in cfg.texts], "inline"
     elif cfg.path:
-        records = read_records(cfg.path, cfg.text_field, cfg.target_field, cfg.encoding)
+        records = read_records(cfg.path, cfg.text_field, cfg.target_field, cfg.encoding, text_unit=cfg.text_unit)
         texts, source = [r.text for r in records], str(cfg.path)
         if any(r.target is not None for r in records):
             targets = [r.target for r in records]

@@ -27,7 +27,7 @@ import torch
 
 from . import __version__
 from .analyzer import Analyzer, RunContext, build_config, resolve_config
-from .data import DataConfig, Inputs, as_data_config, load_inputs, validate_data_config
+from .data import DataConfig, Inputs, as_data_config, load_inputs, validate_data_config, window_spec
 from .errors import AnalyzerError, ConfigError
 from .models import HookedModel, ModelInfo, describe_model
 from .models.loading import load_model
@@ -46,6 +46,8 @@ from .settings import (
 )
 from .sinks.base import RunInfo, Sink, SinkWarning
 from .sinks.rundir import RunDirSink
+from .window_results import check_windowable, combine_windows
+from .windows import special_frame, window_documents
 
 #: top-level key of the sae_* experiments' shared settings (read only through interpolation)
 SHARED_SAE_KEY = "sae"
@@ -291,6 +293,9 @@ class InterpretabilityPipeline:
         planned = [item for item in planned if item.name not in skipped]
         for item in planned:
             item.config = resolve_config(item.analyzer, info)  # run() gets the resolved config
+        if self.data.long_documents == "window":
+            check_windowable([(item.name, item.analyzer.window_outputs) for item in planned])
+            window_spec(self.data).check(info.max_positions, 0, info.name)
         inputs = load_inputs(self.data, self.registry.datasets)
         run_dir = check_writable_dir(self._run_dir(), "run directory", create=False)
         return RunPlan(info, inputs, planned, skipped, run_dir)
@@ -326,11 +331,12 @@ class InterpretabilityPipeline:
         if max_length is None:
             return {"truncated_texts": 0, "truncated_tokens": 0}
         excess = [n - max_length for n in model.token_lengths(inputs.texts) if n > max_length]
-        if excess and self.data.truncation == "error":
+        if excess and (self.data.truncation == "error" or self.data.long_documents == "error"):
             raise ConfigError(
                 f"{len(excess)} of {inputs.count} texts are longer than data.max_length={max_length} tokens "
-                f"(up to {max_length + max(excess)}); raise data.max_length, shorten them, or set "
-                f"data.truncation=warn to cut them"
+                f"(up to {max_length + max(excess)}); raise data.max_length, shorten them, set "
+                f"data.long_documents=window to analyse them in overlapping windows, or data.long_documents=truncate "
+                f"(with data.truncation=warn) to cut them"
             )
         if excess:
             log.warning(
@@ -342,6 +348,29 @@ class InterpretabilityPipeline:
                 sum(excess),
             )
         return {"truncated_texts": len(excess), "truncated_tokens": sum(excess)}
+
+    def _windowed(self, model: HookedModel, inputs: Inputs) -> tuple[Inputs, int]:
+        """The documents as overlapping windows (interpsuite.windows), and the longest model input
+        a window makes (its content plus the tokenizer's special tokens)."""
+        spec = window_spec(self.data)
+        prefix, suffix = special_frame(model.tokenizer)
+        spec.check(model.info.max_positions, len(prefix) + len(suffix), model.info.name)
+        texts, windowed = window_documents(model, inputs.texts, spec)
+        extra = {
+            key: [values[w.document] for w in windowed.windows] if isinstance(values, list) else values
+            for key, values in inputs.extra.items()
+        }
+        summary = windowed.summary()
+        log.info(
+            "data.long_documents=window: %d documents (%d longer than %d tokens) as %d windows, stride %d",
+            summary["documents"],
+            summary["windowed_documents"],
+            spec.length,
+            summary["windows"],
+            spec.stride,
+        )
+        windowed_inputs = Inputs(list(texts), inputs.source, extra, windowed)
+        return windowed_inputs, spec.length + len(prefix) + len(suffix)
 
     def run(self) -> RunReport:
         """Run every analyzer; results.json is rewritten (atomically) after each one, so a crash,
@@ -363,12 +392,17 @@ class InterpretabilityPipeline:
                 offload_dir=self.offload_dir,
             )
         )
-        data_truncation = self._check_truncation(model, plan.inputs)
+        max_length = self.data.max_length
+        if self.data.long_documents == "window":
+            plan.inputs, max_length = self._windowed(model, plan.inputs)
+            data_truncation = {"truncated_texts": 0, "truncated_tokens": 0, "windows": plan.inputs.windows.summary()}
+        else:
+            data_truncation = self._check_truncation(model, plan.inputs)
         ctx = RunContext(
             model=model,
             inputs=plan.inputs,
             batch_size=self.batch_size,
-            max_length=self.data.max_length,
+            max_length=max_length,
             seed=self.seed,
             style=self.figure_style.style(),
             show_progress=self.progress,
@@ -492,6 +526,8 @@ class InterpretabilityPipeline:
                 if not isinstance(result, Result):
                     raise AnalyzerError(f"{item.name}.run() returned {type(result).__name__}, not Result")
                 result.status, result.error = "ok", None
+                if ctx.inputs.windows is not None:
+                    combine_windows(result, ctx.inputs.windows, item.analyzer.window_outputs)
             except Exception as err:  # recorded as failed; the other analyzers still run
                 self._write_traceback(run_dir, item.name)
                 result = Result.failure(err, 0.0)

@@ -30,6 +30,7 @@ from ..hooks import (
     hook_layer,
     install_listeners,
 )
+from ..windows import TokenWindow
 from .adapters import adapter_for
 from .attention import PREFIX, SUPPORTED, register_attention
 from .info import ModelInfo
@@ -52,10 +53,19 @@ class TokenBatch:
     attention_mask: torch.Tensor
     tokens: list[list[str]]
     text_ids: list[int]
+    #: the positions each row owns when its text is a window of a long document
+    #: (interpsuite.windows); None: every real token is the row's own
+    owned_mask: torch.Tensor | None = None
 
     @property
     def size(self) -> int:
         return int(self.input_ids.shape[0])
+
+    @property
+    def counted_mask(self) -> torch.Tensor:
+        """The tokens an analyzer counts: every real token, or a window's own tokens only, so
+        statistics over windows of a long document count each document token once."""
+        return self.attention_mask if self.owned_mask is None else self.owned_mask
 
     @property
     def lengths(self) -> torch.Tensor:
@@ -82,10 +92,12 @@ class TokenBatch:
             self.attention_mask.repeat(k, 1),
             self.tokens * k,
             self.text_ids * k,
+            None if self.owned_mask is None else self.owned_mask.repeat(k, 1),
         )
 
     def to(self, device: torch.device | str) -> TokenBatch:
-        return TokenBatch(self.input_ids.to(device), self.attention_mask.to(device), self.tokens, self.text_ids)
+        owned = None if self.owned_mask is None else self.owned_mask.to(device)
+        return TokenBatch(self.input_ids.to(device), self.attention_mask.to(device), self.tokens, self.text_ids, owned)
 
 
 @dataclass
@@ -251,9 +263,8 @@ class HookedModel:
         if not texts:
             raise ConfigError("no texts to tokenize: give at least one non-empty text")
         _check_max_length(max_length)
-        with self._tokenizer_lock:
-            encoded = self.tokenizer(list(texts), truncation=max_length is not None, max_length=max_length)
-        ids, mask = self._right_padded(encoded["input_ids"])
+        rows = self._encode(texts, max_length)
+        ids, mask = self._right_padded(rows)
         lengths = mask.sum(dim=1).tolist()
         usage = active_usage()
         if usage is not None:
@@ -266,7 +277,38 @@ class HookedModel:
             for row, length in zip(ids, lengths, strict=True)
         ]
         ids_list = list(text_ids) if text_ids is not None else list(range(len(texts)))
-        return TokenBatch(ids, mask, tokens, ids_list).to(self.device)
+        owned = self._owned_mask(texts, mask)
+        return TokenBatch(ids, mask, tokens, ids_list, owned).to(self.device)
+
+    def _encode(self, texts: Sequence[str], max_length: int | None) -> list[list[int]]:
+        """Token ids of each text; a window of a long document (TokenWindow) brings its own."""
+        rows: list[list[int] | None] = [
+            list(t.input_ids[:max_length] if max_length else t.input_ids) if isinstance(t, TokenWindow) else None
+            for t in texts
+        ]
+        plain = [i for i, row in enumerate(rows) if row is None]
+        if plain:
+            with self._tokenizer_lock:
+                encoded = self.tokenizer(
+                    [texts[i] for i in plain], truncation=max_length is not None, max_length=max_length
+                )
+            for i, row in zip(plain, encoded["input_ids"], strict=True):
+                rows[i] = list(row)
+        return rows
+
+    @staticmethod
+    def _owned_mask(texts: Sequence[str], mask: torch.Tensor) -> torch.Tensor | None:
+        if not any(isinstance(t, TokenWindow) for t in texts):
+            return None
+        owned = mask.clone()
+        for row, text in enumerate(texts):
+            if isinstance(text, TokenWindow):
+                window = text.window
+                owned[row] = 0
+                lo = window.prefix + window.owned_start - window.start
+                hi = window.prefix + window.owned_stop - window.start
+                owned[row, lo:hi] = mask[row, lo:hi]
+        return owned
 
     def _right_padded(self, rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
         """Pad ourselves, so the caller's tokenizer keeps its padding side and pad token."""
@@ -331,9 +373,7 @@ class HookedModel:
 
     def token_lengths(self, texts: Sequence[str]) -> list[int]:
         """Tokens each text has before any truncation (what `max_length` would cut is the excess)."""
-        with self._tokenizer_lock:
-            encoded = self.tokenizer(list(texts), truncation=False)
-        return [len(ids) for ids in encoded["input_ids"]]
+        return [len(ids) for ids in self._encode(list(texts), None)]
 
     def token_offsets(self, texts: Sequence[str], max_length: int | None = None) -> list[list[tuple[int, int]]]:
         """Character span of every token `tokenize` makes of each text (special tokens: (0, 0)).
@@ -356,9 +396,7 @@ class HookedModel:
     def count_tokens(self, texts: Sequence[str], max_length: int | None = None) -> int:
         """Real tokens the texts tokenize to (as `tokenize` would), without building batches."""
         _check_max_length(max_length)
-        with self._tokenizer_lock:
-            encoded = self.tokenizer(list(texts), truncation=max_length is not None, max_length=max_length)
-        return sum(len(ids) for ids in encoded["input_ids"])
+        return sum(len(ids) for ids in self._encode(list(texts), max_length))
 
     def to_single_token(self, text: str) -> int:
         """The id of a one-token string (e.g. ' Mary'); a clear error otherwise."""

@@ -94,6 +94,7 @@ def project_2d(x: np.ndarray, method: str, seed: int) -> tuple[np.ndarray, str]:
 
 class ActivationClustering(Analyzer):
     name = "activation_clustering"
+    window_outputs = "stitch"  # sampled tokens at document positions
     family = "activation"
     description = "k-means over token activations at one layer, with top tokens per cluster and a 2-D map"
     Config = ActivationClusteringConfig
@@ -121,7 +122,7 @@ class ActivationClustering(Analyzer):
         reservoir = Reservoir(cfg.max_tokens, seed)
         for batch in ctx.batches("activation_clustering"):
             acts = ctx.model.forward(batch, capture=[name]).cache[name]
-            mask = batch.attention_mask.bool()
+            mask = batch.counted_mask.bool()  # each document token sampled at most once
             first = 1 if cfg.ignore_first_token else 0
             if first:
                 mask = mask.clone()

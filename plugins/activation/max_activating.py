@@ -127,6 +127,7 @@ def window(length: int, position: int, context: int) -> tuple[int, int]:
 
 class MaxActivating(Analyzer):
     name = "max_activating"
+    window_outputs = "stitch"  # top contexts at document positions
     family = "activation"
     description = "top-k activating tokens with context per neuron (streamed), table and HTML view"
     Config = MaxActivatingConfig
@@ -160,7 +161,7 @@ class MaxActivating(Analyzer):
         n_tokens = 0
         for batch in ctx.batches("max_activating"):
             cache = ctx.model.forward(batch, capture=list(names.values())).cache
-            mask = batch.attention_mask.bool()
+            mask = batch.counted_mask.bool()  # a window's own tokens compete, each once
             if cfg.ignore_first_token:
                 mask = mask.clone()
                 mask[:, 0] = False

@@ -144,6 +144,7 @@ def _tokens(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 class ActivationStats(Analyzer):
     name = "activation_stats"
+    window_outputs = "accumulate"  # moments over counted tokens
     family = "activation"
     description = "per-layer mean/std/norm/sparsity/kurtosis and per-unit statistics"
     Config = ActivationStatsConfig
@@ -170,7 +171,7 @@ class ActivationStats(Analyzer):
         for batch_number, batch in enumerate(ctx.batches("activation_stats")):
             extra = self._decomposition_hooks(info, layers) if batch_number == 0 else []
             cache = ctx.model.forward(batch, capture=[*names.values(), *extra]).cache
-            mask = batch.attention_mask.bool()
+            mask = batch.counted_mask.bool()  # a window's own tokens: each document token once
             for key, name in names.items():
                 x = _tokens(cache[name], mask)
                 if key not in accumulators:

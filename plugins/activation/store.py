@@ -133,7 +133,7 @@ def capture_rows(model: HookedModel, batch: TokenBatch, hooks: Sequence[str]) ->
     """One forward pass -> ({hook: [rows, units]} on CPU, index) for the batch's real tokens,
     in (text, position) order. Index: text_id, position, token_id (int64 tensors), tokens."""
     cache = model.forward(batch, capture=hooks, **_causal_kwargs(model)).cache
-    mask = batch.attention_mask.bool()
+    mask = batch.counted_mask.bool()  # a window of a long document stores only its own tokens
     where = mask.nonzero().cpu()
     n = where.shape[0]
     acts = {hook: cache[hook][mask].reshape(n, -1).cpu() for hook in hooks}
@@ -785,6 +785,7 @@ class ActivationStoreConfig:
 
 class ActivationStoreAnalyzer(Analyzer):
     name = "activation_store"
+    window_outputs = "stitch"  # rows of owned tokens only
     family = "activation"
     description = "record activations at hook points to sharded safetensors with a token index (resumable)"
     Config = ActivationStoreConfig
@@ -827,7 +828,9 @@ class ActivationStoreAnalyzer(Analyzer):
         exact, quantised, compared = verify_roundtrip(store, model, texts)
         result.add_check("roundtrip_max_abs_error", exact, 0.0)
         result.add_check("no_duplicate_rows", store.duplicate_rows(), 0)
-        expected = sum(b.n_tokens for b in model.batches(texts[: store.texts_completed], 64, ctx.max_length))
+        expected = sum(
+            int(b.counted_mask.sum()) for b in model.batches(texts[: store.texts_completed], 64, ctx.max_length)
+        )
         result.add_check("row_count_error", abs(len(store) - expected), 0)
         result.metrics.update(
             {

@@ -155,6 +155,7 @@ def spread_evenly(items: list, k: int) -> list:
 
 class AttentionPatterns(Analyzer):
     name = "attention_patterns"
+    window_outputs = "per_window"  # a pattern per window
     family = "attention"
     description = "attention patterns with tokens: per-head heatmaps, a layer x head grid, a per-head summary"
     Config = AttentionPatternsConfig
@@ -346,6 +347,7 @@ class EntropyAccumulator:
 
 class AttentionEntropy(Analyzer):
     name = "attention_entropy"
+    window_outputs = "per_window"  # entropies per window
     family = "attention"
     description = "attention entropy per layer, head and query position; attention to the first token"
     Config = AttentionEntropyConfig

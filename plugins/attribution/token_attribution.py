@@ -133,6 +133,7 @@ def topk_overlap(a: np.ndarray, b: np.ndarray, k: int) -> float:
 
 class TokenAttribution(Analyzer):
     name = "token_attribution"
+    window_outputs = "per_window"  # each window's prediction, completeness per window
     family = "attribution"
     description = (
         "per-token saliency / grad x input / integrated gradients / occlusion (/ lime / shap) and their agreement"

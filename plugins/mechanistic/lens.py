@@ -102,6 +102,7 @@ class LayerStats:
 
 class LogitLens(Analyzer):
     name = "logit_lens"
+    window_outputs = "stitch"  # per-position tables stitched, statistics over counted tokens
     family = "mechanistic"
     description = "Decode every layer's residual stream with the final norm + unembedding: top tokens, KL, target rank"
     Config = LogitLensConfig
@@ -140,7 +141,7 @@ class LogitLens(Analyzer):
                 final_logits = out.output.float()
                 final_logp = torch.log_softmax(final_logits, -1)
                 final_top = final_logits.argmax(-1)
-                mask = batch.attention_mask.bool()
+                mask = batch.counted_mask.bool()  # a window's own tokens: each document token once
                 rows = torch.arange(batch.size, device=mask.device)
                 last_pos = batch.last_index
                 targets = final_top if target_id is None else torch.full_like(final_top, target_id)

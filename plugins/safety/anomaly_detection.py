@@ -122,6 +122,7 @@ def generated_sets(tokenizer, n: int, seed: int) -> dict[str, list[str]]:
 
 class AnomalyDetection(Analyzer):
     name = "anomaly_detection"
+    window_outputs = "stitch"  # a score per window, token scores stitched
     family = "safety"
     description = "Mahalanobis (Ledoit-Wolf) / kNN anomaly detector on activations: AUROC per OOD set and layer"
     Config = AnomalyDetectionConfig
