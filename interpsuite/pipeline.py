@@ -29,6 +29,7 @@ from . import __version__
 from .analyzer import Analyzer, RunContext, build_config, resolve_config
 from .data import DataConfig, Inputs, as_data_config, load_inputs, validate_data_config, window_spec
 from .errors import AnalyzerError, ConfigError
+from .estimate import estimate_run
 from .models import HookedModel, ModelInfo, describe_model
 from .models.loading import load_model
 from .models.placement import resolve_placement
@@ -36,6 +37,7 @@ from .models.usage import InputUsage, record_inputs
 from .plugins import PluginRegistry, get_registry
 from .results import Result, figures_deferred
 from .settings import (
+    BudgetSettings,
     FiguresConfig,
     FigureStyleSettings,
     ModelSettings,
@@ -142,6 +144,8 @@ class InterpretabilityPipeline:
         draw_figures: bool = True,
         resolved_config: dict | None = None,
         registry: PluginRegistry | None = None,
+        budget: BudgetSettings | Mapping[str, Any] | None = None,
+        yes: bool = False,
     ):
         self.model = model
         self.data = as_data_config(data)
@@ -168,6 +172,9 @@ class InterpretabilityPipeline:
         self.draw_figures = draw_figures
         self.resolved_config = resolved_config
         self.registry = registry or get_registry()
+        #: resource budget (time_s, memory_gb, disk_gb): a run estimated over it stops unless `yes`
+        self.budget = budget if budget is not None else BudgetSettings()
+        self.yes = yes
 
     # --- construction from Hydra ----------------------------------------------------------
     @classmethod
@@ -252,12 +259,14 @@ class InterpretabilityPipeline:
                 "figures": self.figures,
                 "figure_style": self.figure_style,
                 "experiment_name": self.experiment,
+                "budget": self.budget,
             },
         )
         self.figure_style = settings.figure_style
         self.seed, self.batch_size, self.fail_fast = settings.seed, settings.batch_size, settings.fail_fast
         self.progress, self.table_format, self.sink_names = settings.progress, settings.table_format, settings.sinks
         self.figures = settings.figures
+        self.budget = settings.budget
         self.wandb_options = dataclasses.asdict(settings.wandb)
         self.data = validate_data_config(self.data)
         return settings
@@ -369,7 +378,7 @@ class InterpretabilityPipeline:
             summary["windows"],
             spec.stride,
         )
-        windowed_inputs = Inputs(list(texts), inputs.source, extra, windowed)
+        windowed_inputs = Inputs(texts, inputs.source, extra, windowed)
         return windowed_inputs, spec.length + len(prefix) + len(suffix)
 
     def run(self) -> RunReport:
@@ -409,6 +418,7 @@ class InterpretabilityPipeline:
         )
         run_dir = plan.run_dir
         ctx.run_dir = run_dir
+        estimate = estimate_run(self, plan, ctx, started)  # printed; ConfigError over budget without `yes`
         inputs_entry: dict[str, Any] = {
             "source": plan.inputs.source,
             "count": 0,
@@ -440,6 +450,7 @@ class InterpretabilityPipeline:
             "analyzers": {},
             "sinks": {RunDirSink.name: {"status": "ok", "error": None}},
             "plugins": {"errors": list(self.registry.warnings)},
+            "estimate": estimate,
         }
         rundir = RunDirSink(run)
         sinks = self._open_sinks(run, payload["sinks"])

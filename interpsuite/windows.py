@@ -20,9 +20,11 @@ positions a window owns, which is what analyzers count.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
+
+import numpy as np
 
 from .errors import ConfigError
 
@@ -177,15 +179,39 @@ def document_token_ids(tokenizer: Any, text: str) -> list[int]:
     return ids
 
 
-def make_windows(
-    tokenizer: Any, ids: Sequence[int], spec: WindowSpec, document: int, frame: tuple[list[int], list[int]]
-) -> Iterator[TokenWindow]:
-    """The document's windows as TokenWindows (specials added the way the tokenizer adds them)."""
-    prefix, suffix = frame
-    for window in plan_windows(len(ids), spec, document, len(prefix)):
-        content = list(ids[window.start : window.stop])
-        text = tokenizer.decode(content)
-        yield TokenWindow(text, [*prefix, *content, *suffix], window)
+class WindowTexts(Sequence):
+    """The windows of every document as a sequence of TokenWindows, made when read.
+
+    Each document is held once, as int32 token ids (4 bytes a token); a window's ids and decoded
+    text exist only while an analyzer holds it, so the overlap between windows costs nothing and
+    activation memory is set by the window length and the batch size.
+    """
+
+    def __init__(self, tokenizer: Any, documents: list[np.ndarray], spec: WindowSpec, frame: tuple[list, list]):
+        self._tokenizer, self._documents, self._frame = tokenizer, documents, frame
+        self.windows = [
+            window
+            for document, ids in enumerate(documents)
+            for window in plan_windows(len(ids), spec, document, len(frame[0]))
+        ]
+
+    def __len__(self) -> int:
+        return len(self.windows)
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return [self._make(i) for i in range(*index.indices(len(self)))]
+        if index < 0:
+            index += len(self)
+        if not 0 <= index < len(self):
+            raise IndexError(index)
+        return self._make(index)
+
+    def _make(self, index: int) -> TokenWindow:
+        window = self.windows[index]
+        content = self._documents[window.document][window.start : window.stop].tolist()
+        prefix, suffix = self._frame
+        return TokenWindow(self._tokenizer.decode(content), [*prefix, *content, *suffix], window)
 
 
 @dataclass
@@ -207,14 +233,9 @@ class WindowedInputs:
         }
 
 
-def window_documents(model: Any, texts: Sequence[str], spec: WindowSpec) -> tuple[list[TokenWindow], WindowedInputs]:
+def window_documents(model: Any, texts: Sequence[str], spec: WindowSpec) -> tuple[WindowTexts, WindowedInputs]:
     """Every document as windows (a document that fits is one window: exactly its truncate-mode input)."""
     tokenizer = model.tokenizer
-    frame = special_frame(tokenizer)
-    windows: list[TokenWindow] = []
-    lengths: list[int] = []
-    for document, text in enumerate(texts):
-        ids = document_token_ids(tokenizer, text)
-        lengths.append(len(ids))
-        windows.extend(make_windows(tokenizer, ids, spec, document, frame))
-    return windows, WindowedInputs(spec, [w.window for w in windows], lengths)
+    documents = [np.asarray(document_token_ids(tokenizer, text), dtype=np.int32) for text in texts]
+    windows = WindowTexts(tokenizer, documents, spec, special_frame(tokenizer))
+    return windows, WindowedInputs(spec, windows.windows, [len(ids) for ids in documents])
