@@ -296,3 +296,24 @@ def test_a_directory_without_readable_files_is_refused(tmp_path):
 def test_long_documents_error_refuses_long_texts(tmp_path, llama):
     with pytest.raises(ConfigError, match=r"data.long_documents=window"):
         _run(tmp_path, llama, [_document(llama, 80)], {"activation_stats": {}}, max_length=32, long_documents="error")
+
+
+def test_anomaly_scores_per_window_stitched_tokens_and_a_document_summary(tmp_path, llama):
+    text = _document(llama, 70)
+    n = len(document_token_ids(llama.tokenizer, text))
+    report = _run(
+        tmp_path,
+        llama,
+        [text, "A short second text."],
+        {"anomaly_detection": {"token_scores": True}},
+        long_documents="window",
+        window={"length": 24, "stride": 12},
+    )
+    result = report.results["anomaly_detection"]
+    assert result.status == "ok", result.error
+    windows = plan_windows(n, WindowSpec(24, 12))
+    scores, documents = result.tables["input_scores"], result.tables["document_scores"]
+    assert documents["windows"].tolist() == [len(windows), 1]
+    assert documents["max_score"].iloc[0] == pytest.approx(scores.loc[scores["document"] == 0, "score"].max())
+    tokens = result.tables["input_token_scores"]
+    assert sorted(tokens.loc[tokens["document"] == 0, "document_position"]) == list(range(n))

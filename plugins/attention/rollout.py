@@ -289,6 +289,7 @@ class AttentionRolloutConfig:
 
 class AttentionRollout(Analyzer):
     name = "attention_rollout"
+    window_outputs = "per_window"  # rollout and flow within each window
     family = "attention"
     description = "attention rollout and attention flow (Abnar & Zuidema 2020) from output positions to input tokens"
     Config = AttentionRolloutConfig

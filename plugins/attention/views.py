@@ -35,6 +35,7 @@ class AttentionViewConfig:
 
 class AttentionView(Analyzer):
     name = "attention_view"
+    window_outputs = "per_window"  # a head/model view per window
     family = "attention"
     description = "self-contained interactive HTML head view and model view of the attention patterns"
     Config = AttentionViewConfig

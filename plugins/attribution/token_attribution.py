@@ -296,6 +296,7 @@ class ExplainPrediction(TokenAttribution):
     to the target (default: the top prediction), a plain-language summary, JSON + one HTML page."""
 
     name = "explain_prediction"
+    window_outputs = "per_window"  # each window's next-token prediction explained
     family = "attribution"
     description = "top predictions, per-method token attributions, a plain summary and an HTML heatmap page"
     requires_causal_lm = True

@@ -236,7 +236,11 @@ class AnomalyDetection(Analyzer):
         inputs = [text for text in ctx.inputs.texts if text.strip()]
         if inputs:
             scores = detector.score(model, inputs, per_token=cfg.token_scores, batch_size=ctx.batch_size)
-            result.tables["input_scores"] = scores.table(inputs)
+            table = scores.table(inputs)
+            table.insert(0, "text_id", [i for i, text in enumerate(ctx.inputs.texts) if text.strip()])
+            result.tables["input_scores"] = table
+            if ctx.inputs.windows is not None:  # long documents: a document is as anomalous as its worst window
+                result.tables["document_scores"] = _document_scores(table, ctx.inputs.windows.windows)
             if cfg.token_scores and scores.tokens is not None:
                 result.tables["input_token_scores"] = _token_table(scores)
         title = f"{model.info.name} {cfg.hook_point} ({cfg.method}, {cfg.pooling} pooling)"
@@ -303,6 +307,20 @@ class AnomalyDetection(Analyzer):
         diff = max(diff, float((again.per_layer - scores.per_layer).abs().max()))
         result.add_check("reload_max_abs_score_diff", diff, 0.0)
         return saved
+
+
+def _document_scores(table: pd.DataFrame, windows) -> pd.DataFrame:
+    """Per document (data.long_documents=window): its windows' highest and mean score, flagged windows."""
+    frame = table.assign(document=[windows[i].document for i in table["text_id"]])
+    grouped = frame.groupby("document")
+    return pd.DataFrame(
+        {
+            "windows": grouped.size(),
+            "max_score": grouped["score"].max(),
+            "mean_score": grouped["score"].mean(),
+            "flagged_windows": grouped["flag"].sum().astype(int),
+        }
+    ).reset_index()
 
 
 def _token_table(scores: AnomalyScores) -> pd.DataFrame:
