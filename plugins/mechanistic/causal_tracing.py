@@ -15,9 +15,11 @@ position:
   (l in [L - window//2, L + window - window//2), clipped at the ends: ROME's windows).
 
 Total effect TE = p(clean) - p(corrupted); indirect effect IE(L, t) = p(restored) - p(corrupted).
-Both are averaged over `samples` noise draws per prompt (seeded from the run's seed) and over the
-prompts. sigma is, by default (`sigma: subjects`, as in ROME), the standard deviation of the
-entries of the token-embedding vectors of every subject token in the dataset (with repetitions);
+Both are averaged over `samples` noise draws per prompt and over the prompts. A prompt's noise
+is drawn from its own generator, seeded from the run's seed and the prompt's index among the
+selected prompts (`interpsuite.shards.item_seed`), so it is the same whichever shard runs it.
+sigma is, by default (`sigma: subjects`, as in ROME), the standard deviation of the entries of
+the token-embedding vectors of every subject token in the dataset (with repetitions);
 `sigma: vocab` uses the whole embedding matrix instead. Both come from the embedding matrix, not
 the `embed` hook point (which on GPT-2 also holds position embeddings); the noise itself is added
 at `embed` (on GPT-2 after the position embeddings are added: the sum is the same).
@@ -46,6 +48,13 @@ restoration reproduces p(corrupted); the applied noise has standard deviation no
 sigma (within sampling error) on the subject tokens and is exactly zero elsewhere. The
 unrestored row is the sweep's base-only run (started from the corrupted run at the last layer),
 the corrupted probability a separate full pass: the check shows the noise is applied once.
+
+Sharding (`interpsuite.shards`): the work items are the selected prompts. With `shard.count` > 1
+a job traces only its contiguous block of them and saves each traced prompt (`TracedPrompt`:
+probabilities, restored runs, the applied noise on the subject) under data/causal_tracing/shard/;
+`interpsuite merge-shards` rebuilds the report from every prompt with the same `build_report`
+an unsharded run uses, so the merged tables, metrics, checks, summary and figures are the
+unsharded run's exactly.
 """
 
 from __future__ import annotations
@@ -53,7 +62,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -62,9 +71,11 @@ import torch
 
 from interpsuite.analyzer import Analyzer, RunContext
 from interpsuite.errors import AnalyzerError, ConfigError
+from interpsuite.figures import FigureStyle
 from interpsuite.hooks import Intervention
 from interpsuite.models import ModelInfo, TokenBatch
 from interpsuite.results import Result
+from interpsuite.shards import ShardItem, ShardSpec, item_seed, shard_summary, write_shard
 
 from .pairs import FACTUAL_FILE
 from .tracing_plots import plot_bucket_heatmaps, plot_prompt_grid
@@ -118,6 +129,8 @@ class CausalTracingConfig:
     only_correct: bool = False
     #: rows (restorations) per forward pass
     sweep_batch_size: int = 64
+    #: this job's block of the prompts (interpsuite.shards): index 0..count-1; count 1 traces them all
+    shard: ShardSpec = field(default_factory=ShardSpec)
 
 
 # --- the factual prompts ---------------------------------------------------------------
@@ -248,6 +261,8 @@ class PreparedFact:
     target_id: int
     answer_id: int
     note: str
+    #: the prompt's index among the selected prompts (keys its noise; orders the shards' merge)
+    index: int = 0
 
     @property
     def length(self) -> int:
@@ -291,6 +306,133 @@ class PromptTrace:
         """p(restored) of the control rows ("full" or "none") of every noise draw."""
         index = [i for i, r in enumerate(self.restorations) if r.kind == kind]
         return [float(s.restored[i]) for s in self.samples for i in index]
+
+
+@dataclass
+class TracedPrompt:
+    """One traced prompt with everything the report reads and nothing that needs the model.
+
+    An unsharded run reports from these; a shard saves them (`to_item`) and the merge reads them
+    back (`from_item`): the values are the same bits either way (JSON floats and safetensors
+    arrays round-trip exactly), so the merged report equals the unsharded one."""
+
+    index: int
+    fact: Fact
+    tokens: list[str]
+    start: int
+    end: int
+    target: str  # the target token, decoded
+    clean_top: str  # the clean top-1 token, decoded
+    correct: bool  # clean top-1 == the answer token
+    note: str
+    p_clean: float
+    p_corrupted_samples: list[float]  # per noise draw
+    restored: np.ndarray  # [samples, restorations] p(target) of every restored run (float64)
+    noise_subject: np.ndarray  # [samples, end - start, d] the applied noise on the subject tokens
+    noise_outside_max: list[float]  # per noise draw: max |applied noise| off the subject tokens
+    restorations: list[Restoration]
+    n_layers: int
+
+    @property
+    def length(self) -> int:
+        return len(self.tokens)
+
+    @property
+    def p_corrupted(self) -> float:
+        return float(np.mean(self.p_corrupted_samples))
+
+    def effects(self, kind: str) -> np.ndarray:
+        """Mean over noise draws of p(restored) - p(corrupted): [n_layers, T] (0 before the subject)."""
+        grid = np.zeros((self.n_layers, self.length))
+        index = [i for i, r in enumerate(self.restorations) if r.kind == kind]
+        for restored, p_corrupted in zip(self.restored, self.p_corrupted_samples, strict=True):
+            values = restored[index] - p_corrupted
+            for i, value in zip(index, values, strict=True):
+                r = self.restorations[i]
+                grid[r.layer, r.position] += value / len(self.p_corrupted_samples)
+        return grid
+
+    def control(self, kind: str) -> list[float]:
+        """p(restored) of the control rows ("full" or "none") of every noise draw."""
+        index = [i for i, r in enumerate(self.restorations) if r.kind == kind]
+        return [float(restored[i]) for restored in self.restored for i in index]
+
+    @classmethod
+    def from_trace(cls, trace: PromptTrace, tokenizer) -> TracedPrompt:
+        item = trace.prepared
+        start, end = item.start, item.end
+        subject, outside = [], []
+        for sample in trace.samples:
+            applied = sample.noise_applied
+            subject.append(applied[start:end])
+            rest = torch.cat([applied[:start], applied[end:]])
+            outside.append(float(rest.double().abs().max()) if rest.numel() else 0.0)
+        noise = torch.stack(subject)
+        if noise.dtype == torch.bfloat16:  # numpy has no bfloat16; float32 holds its values exactly
+            noise = noise.float()
+        return cls(
+            index=item.index,
+            fact=item.fact,
+            tokens=list(item.batch.tokens[0]),
+            start=start,
+            end=end,
+            target=tokenizer.decode([item.target_id]),
+            clean_top=tokenizer.decode([trace.clean_top]),
+            correct=trace.clean_top == item.answer_id,
+            note=item.note,
+            p_clean=trace.p_clean,
+            p_corrupted_samples=[s.p_corrupted for s in trace.samples],
+            restored=torch.stack([s.restored for s in trace.samples]).double().numpy(),
+            noise_subject=noise.numpy(),
+            noise_outside_max=outside,
+            restorations=trace.restorations,
+            n_layers=trace.n_layers,
+        )
+
+    def to_item(self) -> ShardItem:
+        meta = {
+            "fact": asdict(self.fact),
+            "tokens": self.tokens,
+            "subject": [self.start, self.end],
+            "target": self.target,
+            "clean_top": self.clean_top,
+            "correct": self.correct,
+            "note": self.note,
+            "p_clean": self.p_clean,
+            "p_corrupted": self.p_corrupted_samples,
+            "noise_outside_max": self.noise_outside_max,
+        }
+        return ShardItem(self.index, meta, {"restored": self.restored, "noise_subject": self.noise_subject})
+
+    @classmethod
+    def from_item(cls, item: ShardItem, kinds: Sequence[str], n_layers: int) -> TracedPrompt:
+        meta = item.meta
+        start, end = meta["subject"]
+        plan = restoration_plan(kinds, n_layers, start, len(meta["tokens"]))
+        restored = item.arrays["restored"]
+        if restored.shape != (len(meta["p_corrupted"]), len(plan)):
+            raise ConfigError(
+                f"causal_tracing: shard item {item.index} holds {restored.shape} restored runs, not the "
+                f"{len(meta['p_corrupted'])} x {len(plan)} its settings make; rerun that shard"
+            )
+        return cls(
+            index=item.index,
+            fact=Fact(**meta["fact"]),
+            tokens=list(meta["tokens"]),
+            start=start,
+            end=end,
+            target=meta["target"],
+            clean_top=meta["clean_top"],
+            correct=bool(meta["correct"]),
+            note=meta["note"],
+            p_clean=float(meta["p_clean"]),
+            p_corrupted_samples=[float(p) for p in meta["p_corrupted"]],
+            restored=restored,
+            noise_subject=item.arrays["noise_subject"],
+            noise_outside_max=[float(v) for v in meta["noise_outside_max"]],
+            restorations=plan,
+            n_layers=n_layers,
+        )
 
 
 def restoration_plan(kinds: Sequence[str], n_layers: int, start: int, length: int) -> list[Restoration]:
@@ -375,13 +517,13 @@ def trace_prompt(
 
 
 # --- aggregation -----------------------------------------------------------------------
-def bucket_table(traces: Sequence[PromptTrace], kind: str, n_layers: int) -> pd.DataFrame:
+def bucket_table(traces: Sequence[TracedPrompt], kind: str, n_layers: int) -> pd.DataFrame:
     """Mean IE per layer (rows) and bucket (columns), pooled over the prompts' positions."""
     sums = {b: np.zeros(n_layers) for b in BUCKETS}
     counts = dict.fromkeys(BUCKETS, 0)
     for trace in traces:
         grid = trace.effects(kind)
-        for bucket, positions in buckets_of(trace.prepared.start, trace.prepared.end, trace.prepared.length).items():
+        for bucket, positions in buckets_of(trace.start, trace.end, trace.length).items():
             for t in positions:
                 sums[bucket] += grid[:, t]
                 counts[bucket] += 1
@@ -401,19 +543,149 @@ def peak(table: pd.DataFrame) -> tuple[float, int, str]:
     return float(values[row, col]), int(table["layer"].iloc[row]), BUCKETS[col]
 
 
-def noise_statistics(traces: Sequence[PromptTrace]) -> tuple[float, int, float]:
+def noise_statistics(traces: Sequence[TracedPrompt]) -> tuple[float, int, float]:
     """(std of the applied noise on subject tokens, number of entries, max |noise| elsewhere)."""
-    inside, outside = [], 0.0
-    for trace in traces:
-        start, end = trace.prepared.start, trace.prepared.end
-        for sample in trace.samples:
-            applied = sample.noise_applied.double()
-            inside.append(applied[start:end].flatten())
-            rest = torch.cat([applied[:start], applied[end:]])
-            if rest.numel():
-                outside = max(outside, float(rest.abs().max()))
+    inside = [torch.from_numpy(noise).double().flatten() for trace in traces for noise in trace.noise_subject]
+    outside = max([0.0, *(value for trace in traces for value in trace.noise_outside_max)])
     values = torch.cat(inside)
     return float(values.pow(2).mean().sqrt()), int(values.numel()), outside
+
+
+@dataclass
+class ReportContext:
+    """What the report needs besides the traced prompts: the same on every shard."""
+
+    n_layers: int
+    model_name: str
+    sigma: float
+    noise_std: float
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def build_report(
+    cfg: CausalTracingConfig, traces: Sequence[TracedPrompt], about: ReportContext, style: FigureStyle
+) -> Result:
+    """Tables, metrics, checks, figures and summary from traced prompts (in index order). Needs
+    no model: an unsharded run and `interpsuite merge-shards` both report through here."""
+    n_layers = about.n_layers
+    sigma, noise_std = about.sigma, about.noise_std
+    result = Result()
+    tables = {kind: bucket_table(traces, kind, n_layers) for kind in cfg.kinds}
+    for kind, table in tables.items():
+        result.tables[f"{kind}_by_bucket"] = table
+    rows = []
+    for trace in traces:
+        row = {
+            "prompt": trace.fact.prompt,
+            "subject": trace.fact.subject,
+            "relation": trace.fact.relation,
+            "answer": trace.fact.answer,
+            "target": trace.target,
+            "clean_top": trace.clean_top,
+            "correct": trace.correct,
+            "n_tokens": trace.length,
+            "subject_tokens": f"{trace.start}:{trace.end}",
+            "p_clean": trace.p_clean,
+            "p_corrupted": trace.p_corrupted,
+            "total_effect": trace.p_clean - trace.p_corrupted,
+        }
+        for kind in cfg.kinds:
+            grid = trace.effects(kind)
+            layer, t = np.unravel_index(int(np.argmax(grid)), grid.shape)
+            row[f"{kind}_max_ie"] = float(grid[layer, t])
+            row[f"{kind}_max_layer"] = int(layer)
+            row[f"{kind}_max_position"] = int(t)
+        row["note"] = trace.note
+        rows.append(row)
+    prompts = pd.DataFrame(rows)
+    result.tables["prompts"] = prompts
+    first = traces[0]
+    tokens = first.tokens
+    grid_rows = []
+    grids = {kind: first.effects(kind) for kind in cfg.kinds}
+    for kind, grid in grids.items():
+        for layer in range(n_layers):
+            for t, token in enumerate(tokens):
+                grid_rows.append({"kind": kind, "layer": layer, "position": t, "token": token, "ie": grid[layer, t]})
+    result.tables["first_prompt_grid"] = pd.DataFrame(grid_rows)
+
+    summary_peaks = {}
+    for kind, table in tables.items():
+        value, layer, bucket = peak(table)
+        result.metrics[f"{kind}.peak_ie"] = value
+        result.metrics[f"{kind}.peak_layer"] = float(layer)
+        result.metrics[f"{kind}.peak_bucket"] = float(BUCKETS.index(bucket)) if bucket else -1.0
+        summary_peaks[kind] = {"ie": round(value, 5), "layer": layer, "bucket": bucket}
+        for bucket_name, label in (("last_subject", "last_subject"), ("last", "last_token")):
+            column = table[bucket_name].to_numpy(dtype=float)
+            best = int(np.nanargmax(column)) if not np.isnan(column).all() else -1
+            result.metrics[f"{kind}.{label}.peak_ie"] = float(column[best]) if best >= 0 else float("nan")
+            result.metrics[f"{kind}.{label}.peak_layer"] = float(best)
+    total = prompts["total_effect"].to_numpy(dtype=float)
+    result.metrics["mean_p_clean"] = float(prompts["p_clean"].mean())
+    result.metrics["mean_p_corrupted"] = float(prompts["p_corrupted"].mean())
+    result.metrics["mean_total_effect"] = float(total.mean())
+    result.metrics["fraction_total_effect_positive"] = float((total > 0).mean())
+    result.metrics["fraction_correct"] = float(prompts["correct"].mean())
+    result.metrics["n_prompts"] = float(len(traces))
+    result.metrics["sigma"] = sigma
+    result.metrics["noise_std"] = noise_std
+
+    full_err = max(abs(p - t.p_clean) for t in traces for p in t.control("full"))
+    none_err = max(
+        abs(p - p_corrupted)
+        for t in traces
+        for p_corrupted, p in zip(t.p_corrupted_samples, t.control("none"), strict=True)
+    )
+    measured, count, outside = noise_statistics(traces)
+    result.metrics["noise_std_measured"] = measured
+    # 5 standard errors of a sample std from `count` Gaussian entries (relative: 1/sqrt(2n))
+    tolerance = max(0.01, 5.0 / math.sqrt(2 * count))
+    result.add_check("full_restore_reproduces_clean_abs_err", full_err, EXACT_TOLERANCE)
+    result.add_check("unrestored_row_reproduces_corrupted_abs_err", none_err, EXACT_TOLERANCE)
+    result.add_check("noise_std_rel_err", abs(measured / noise_std - 1.0), tolerance)
+    result.add_check("noise_outside_subject_max_abs", outside, 0.0)
+
+    result.add_figure(
+        "causal_trace",
+        plot_bucket_heatmaps,
+        {kind: tables[kind] for kind in cfg.kinds},
+        BUCKET_LABELS,
+        len(traces),
+        cfg.window,
+        about.model_name,
+        style,
+    )
+    result.add_figure(
+        "first_prompt_trace",
+        plot_prompt_grid,
+        grids,
+        tokens,
+        (first.start, first.end),
+        f"{first.fact.prompt!r} -> {first.target!r}",
+        first.p_clean,
+        first.p_corrupted,
+        cfg.window,
+        style,
+    )
+    multi_piece = [t.fact.answer for t in traces if t.note]
+    result.summary = {
+        "prompts": len(traces),
+        "source": cfg.prompts,
+        "samples": cfg.samples,
+        "window": cfg.window,
+        "target": cfg.target,
+        "sigma_from": cfg.sigma,
+        "noise_std": round(noise_std, 6),
+        "peaks": summary_peaks,
+        "mean_total_effect": round(float(total.mean()), 5),
+        "fraction_correct": round(float(prompts["correct"].mean()), 4),
+        "relations": sorted({t.fact.relation for t in traces}),
+        "multi_piece_answers": len(multi_piece),
+    }
+    return result
 
 
 class CausalTracing(Analyzer):
@@ -445,19 +717,21 @@ class CausalTracing(Analyzer):
             raise ConfigError(f"{self.name}: max_prompts={cfg.max_prompts}; give a positive number or null for all")
         if not cfg.noise_scale > 0:
             raise ConfigError(f"{self.name}: noise_scale={cfg.noise_scale}; must be > 0 (ROME: 3)")
-        load_facts(cfg.prompts)
+        cfg.shard.check(len(select_facts(load_facts(cfg.prompts), cfg.max_prompts)), f"{self.name}")
 
-    def prepare(self, model, facts: Sequence[Fact]) -> list[PreparedFact]:
-        """Tokenize, locate subjects and resolve answer tokens: every input error before any forward pass."""
+    def prepare(self, model, facts: Sequence[Fact], indices: Sequence[int] | None = None) -> list[PreparedFact]:
+        """Tokenize, locate subjects and resolve answer tokens: every input error before any forward pass.
+        `indices`: the facts' indices among the selected prompts (default 0, 1, ...)."""
         cfg: CausalTracingConfig = self.cfg
+        indices = list(range(len(facts))) if indices is None else list(indices)
         prepared = []
-        for fact in facts:
+        for fact, index in zip(facts, indices, strict=True):
             ids, start, end = subject_span(model.tokenizer, fact.prompt, fact.subject)
             batch = model.tokenize([fact.prompt])
             if batch.input_ids[0].tolist() != ids:
                 raise AnalyzerError(f"{self.name}: tokenizer offsets disagree with model.tokenize for {fact.prompt!r}")
             answer_id, note = model.token_id(fact.answer, f"answer of {fact.prompt!r}", cfg.allow_first_piece)
-            prepared.append(PreparedFact(fact, batch, start, end, answer_id, answer_id, note))
+            prepared.append(PreparedFact(fact, batch, start, end, answer_id, answer_id, note, index))
         return prepared
 
     def sigma(self, model, facts: Sequence[Fact]) -> float:
@@ -470,26 +744,81 @@ class CausalTracing(Analyzer):
             ids.extend(token_ids[start:end])
         return float(weight[torch.as_tensor(ids, device=weight.device)].double().std())
 
+    def estimate(self, info: ModelInfo, cfg: CausalTracingConfig, workload):
+        """Per prompt (this shard's): the clean pass, then per noise draw the corrupted pass and one
+        sweep of every restoration (kinds x layers x positions from the subject on), each starting
+        at the first layer its window touches and at its position (the engine's own pass plan)."""
+        selected = select_facts(load_facts(cfg.prompts), cfg.max_prompts)
+        mine = cfg.shard.items(len(selected))
+        prepared = self.prepare(workload.model, [selected[i] for i in mine], mine)
+        n_layers = info.n_layers
+        cost = workload.figures(2, 2 * len(cfg.kinds))
+        if cfg.target == "top" or cfg.only_correct:
+            cost = cost + workload.each_text([item.length for item in prepared], logits=1)
+        for item in prepared:
+            n = item.length
+            starts = []
+            for r in restoration_plan(cfg.kinds, n_layers, item.start, n):
+                if r.kind == "none":
+                    starts.append((n_layers, n))
+                elif r.kind == "full":
+                    starts.append((n_layers - 1, 0))
+                elif r.kind == "resid":
+                    starts.append((r.layer, r.position))
+                else:
+                    starts.append((window_layers(r.layer, cfg.window, n_layers)[0], r.position))
+            cost = cost + workload.forward(1, n, logits=1, capture=clean_names(n_layers, cfg.kinds))
+            draw = workload.forward(1, n, logits=1, capture=["embed"])
+            draw = draw + workload.sweep(1, n, starts, cfg.sweep_batch_size, logits=1, last_position=n - 1)
+            cost = cost + draw.times(cfg.samples)
+        return cost
+
     def run(self, ctx: RunContext) -> Result:
         cfg: CausalTracingConfig = self.cfg
         model = ctx.model
         all_facts = load_facts(cfg.prompts)
-        prepared = self.prepare(model, select_facts(all_facts, cfg.max_prompts))
+        selected = select_facts(all_facts, cfg.max_prompts)
+        cfg.shard.check(len(selected), self.name)
+        mine = cfg.shard.items(len(selected))  # every prompt when unsharded
+        prepared = self.prepare(model, [selected[i] for i in mine], mine)
         sigma = self.sigma(model, all_facts)
         noise_std = cfg.noise_scale * sigma
         if cfg.target == "top" or cfg.only_correct:
             prepared = self.resolve_targets(model, prepared)
-        generator = torch.Generator().manual_seed(ctx.seed)
         traces = []
         for item in ctx.progress(prepared, self.name, len(prepared)):
+            generator = torch.Generator().manual_seed(item_seed(ctx.seed, item.index))
             noises = [
                 torch.randn(item.end - item.start, model.info.d_model, generator=generator) * noise_std
                 for _ in range(cfg.samples)
             ]
-            traces.append(trace_prompt(model, item, noises, cfg.kinds, cfg.window, cfg.sweep_batch_size))
+            trace = trace_prompt(model, item, noises, cfg.kinds, cfg.window, cfg.sweep_batch_size)
+            traces.append(TracedPrompt.from_trace(trace, model.tokenizer))
         if model.hooks_left():
             raise AnalyzerError(f"{self.name}: {model.hooks_left()} hooks left on the model")
-        return self.report(ctx, traces, sigma, noise_std)
+        about = ReportContext(model.info.n_layers, model.info.name, sigma, noise_std)
+        if not cfg.shard.sharded:
+            return build_report(cfg, traces, about, ctx.style)
+        # a shard: its own prompts' report, and every traced prompt saved for merge-shards
+        folder = write_shard(ctx, self.name, cfg, len(selected), [t.to_item() for t in traces], about.to_dict())
+        result = build_report(cfg, traces, about, ctx.style) if traces else Result(metrics={"n_prompts": 0.0})
+        result.summary["shard"] = shard_summary(cfg, len(selected), folder, len(traces))
+        return result
+
+    @classmethod
+    def merge_shard_items(
+        cls, cfg: CausalTracingConfig, items: list[ShardItem], shared: dict, style: FigureStyle
+    ) -> Result:
+        """The unsharded run's Result from every shard's traced prompts (interpsuite.shards)."""
+        about = ReportContext(**shared)
+        if not items:
+            raise AnalyzerError(
+                f"{cls.name}: the model answers none of the prompts of any shard correctly; set only_correct: false "
+                "(or use a model that knows these facts)"
+            )
+        ordered = sorted(items, key=lambda item: item.index)
+        traces = [TracedPrompt.from_item(item, cfg.kinds, about.n_layers) for item in ordered]
+        return build_report(cfg, traces, about, style)
 
     def resolve_targets(self, model, prepared: list[PreparedFact]) -> list[PreparedFact]:
         """Clean top-1 as target (target: top) and/or keep only correctly answered prompts."""
@@ -503,135 +832,12 @@ class CausalTracing(Analyzer):
                 if cfg.target == "top":
                     item.target_id = top
                 kept.append(item)
-        if not kept:
+        if not kept and not cfg.shard.sharded:  # a shard may lose all its prompts; the merge checks the whole
             raise AnalyzerError(
                 f"{self.name}: the model answers none of the {len(prepared)} prompts correctly; set only_correct: "
                 "false (or use a model that knows these facts)"
             )
         return kept
-
-    def report(self, ctx: RunContext, traces: list[PromptTrace], sigma: float, noise_std: float) -> Result:
-        cfg: CausalTracingConfig = self.cfg
-        model = ctx.model
-        n_layers = model.info.n_layers
-        tokenizer = model.tokenizer
-        result = Result()
-        tables = {kind: bucket_table(traces, kind, n_layers) for kind in cfg.kinds}
-        for kind, table in tables.items():
-            result.tables[f"{kind}_by_bucket"] = table
-        rows = []
-        for trace in traces:
-            item = trace.prepared
-            row = {
-                "prompt": item.fact.prompt,
-                "subject": item.fact.subject,
-                "relation": item.fact.relation,
-                "answer": item.fact.answer,
-                "target": tokenizer.decode([item.target_id]),
-                "clean_top": tokenizer.decode([trace.clean_top]),
-                "correct": trace.clean_top == item.answer_id,
-                "n_tokens": item.length,
-                "subject_tokens": f"{item.start}:{item.end}",
-                "p_clean": trace.p_clean,
-                "p_corrupted": trace.p_corrupted,
-                "total_effect": trace.p_clean - trace.p_corrupted,
-            }
-            for kind in cfg.kinds:
-                grid = trace.effects(kind)
-                layer, t = np.unravel_index(int(np.argmax(grid)), grid.shape)
-                row[f"{kind}_max_ie"] = float(grid[layer, t])
-                row[f"{kind}_max_layer"] = int(layer)
-                row[f"{kind}_max_position"] = int(t)
-            row["note"] = item.note
-            rows.append(row)
-        prompts = pd.DataFrame(rows)
-        result.tables["prompts"] = prompts
-        first = traces[0]
-        tokens = first.prepared.batch.tokens[0]
-        grid_rows = []
-        grids = {kind: first.effects(kind) for kind in cfg.kinds}
-        for kind, grid in grids.items():
-            for layer in range(n_layers):
-                for t, token in enumerate(tokens):
-                    grid_rows.append(
-                        {"kind": kind, "layer": layer, "position": t, "token": token, "ie": grid[layer, t]}
-                    )
-        result.tables["first_prompt_grid"] = pd.DataFrame(grid_rows)
-
-        summary_peaks = {}
-        for kind, table in tables.items():
-            value, layer, bucket = peak(table)
-            result.metrics[f"{kind}.peak_ie"] = value
-            result.metrics[f"{kind}.peak_layer"] = float(layer)
-            result.metrics[f"{kind}.peak_bucket"] = float(BUCKETS.index(bucket)) if bucket else -1.0
-            summary_peaks[kind] = {"ie": round(value, 5), "layer": layer, "bucket": bucket}
-            for bucket_name, label in (("last_subject", "last_subject"), ("last", "last_token")):
-                column = table[bucket_name].to_numpy(dtype=float)
-                best = int(np.nanargmax(column)) if not np.isnan(column).all() else -1
-                result.metrics[f"{kind}.{label}.peak_ie"] = float(column[best]) if best >= 0 else float("nan")
-                result.metrics[f"{kind}.{label}.peak_layer"] = float(best)
-        total = prompts["total_effect"].to_numpy(dtype=float)
-        result.metrics["mean_p_clean"] = float(prompts["p_clean"].mean())
-        result.metrics["mean_p_corrupted"] = float(prompts["p_corrupted"].mean())
-        result.metrics["mean_total_effect"] = float(total.mean())
-        result.metrics["fraction_total_effect_positive"] = float((total > 0).mean())
-        result.metrics["fraction_correct"] = float(prompts["correct"].mean())
-        result.metrics["n_prompts"] = float(len(traces))
-        result.metrics["sigma"] = sigma
-        result.metrics["noise_std"] = noise_std
-
-        full_err = max(abs(p - t.p_clean) for t in traces for p in t.control("full"))
-        none_err = max(
-            abs(p - s.p_corrupted) for t in traces for s, p in zip(t.samples, t.control("none"), strict=True)
-        )
-        measured, count, outside = noise_statistics(traces)
-        result.metrics["noise_std_measured"] = measured
-        # 5 standard errors of a sample std from `count` Gaussian entries (relative: 1/sqrt(2n))
-        tolerance = max(0.01, 5.0 / math.sqrt(2 * count))
-        result.add_check("full_restore_reproduces_clean_abs_err", full_err, EXACT_TOLERANCE)
-        result.add_check("unrestored_row_reproduces_corrupted_abs_err", none_err, EXACT_TOLERANCE)
-        result.add_check("noise_std_rel_err", abs(measured / noise_std - 1.0), tolerance)
-        result.add_check("noise_outside_subject_max_abs", outside, 0.0)
-
-        result.add_figure(
-            "causal_trace",
-            plot_bucket_heatmaps,
-            {kind: tables[kind] for kind in cfg.kinds},
-            BUCKET_LABELS,
-            len(traces),
-            cfg.window,
-            model.info.name,
-            ctx.style,
-        )
-        item = first.prepared
-        result.add_figure(
-            "first_prompt_trace",
-            plot_prompt_grid,
-            grids,
-            tokens,
-            (item.start, item.end),
-            f"{item.fact.prompt!r} -> {tokenizer.decode([item.target_id])!r}",
-            first.p_clean,
-            first.p_corrupted,
-            cfg.window,
-            ctx.style,
-        )
-        multi_piece = [t.prepared.fact.answer for t in traces if t.prepared.note]
-        result.summary = {
-            "prompts": len(traces),
-            "source": cfg.prompts,
-            "samples": cfg.samples,
-            "window": cfg.window,
-            "target": cfg.target,
-            "sigma_from": cfg.sigma,
-            "noise_std": round(noise_std, 6),
-            "peaks": summary_peaks,
-            "mean_total_effect": round(float(total.mean()), 5),
-            "fraction_correct": round(float(prompts["correct"].mean()), 4),
-            "relations": sorted({t.prepared.fact.relation for t in traces}),
-            "multi_piece_answers": len(multi_piece),
-        }
-        return result
 
 
 ANALYZERS = [CausalTracing]
