@@ -25,6 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 from .config import CONFIG_NAME, PRIMARY_CONFIG, compose, searchpath_override
 from .emergence import plan_emergence, run_planned
 from .errors import AnalyzerError, ConfigError, InterpsuiteError
+from .launchers import apply_multirun_group, collect_job_returns, job_outcomes, prepare_multirun
 from .model_comparison import plan_comparison, run_comparison
 from .pipeline import EXIT_CONFIG, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, InterpretabilityPipeline
 from .report import format_report
@@ -88,16 +89,19 @@ def run_job(cfg: DictConfig) -> int:
 
 
 @hydra.main(version_base="1.3", config_path=PRIMARY_CONFIG, config_name=CONFIG_NAME)
-def hydra_app(cfg: DictConfig) -> None:
+def hydra_app(cfg: DictConfig) -> int:
+    """One job; returns its exit code, which joblib/Ray/SLURM launchers hand back as `return_value`."""
     job = HydraConfig.get().job
     number = int(job.get("num", 0) or 0)
     overrides = str(job.get("override_dirname", "") or "")
+    apply_multirun_group(cfg)  # every job of one multirun logs to one W&B group
     try:
         code = run_job(cfg)
     except KeyboardInterrupt:
         _JOBS.append(JobOutcome(number, overrides, EXIT_INTERRUPTED))
         raise
     _JOBS.append(JobOutcome(number, overrides, code))
+    return code
 
 
 def preflight(overrides: list[str]) -> None:
@@ -191,17 +195,22 @@ def worst(codes: list[int]) -> int:
 
 def run_cli(argv: list[str]) -> int:
     _JOBS.clear()
+    argv = yes_override(argv)
     try:
         extra = searchpath_override(user=argv)
         overrides = [*argv, *([extra] if extra else [])]
         if not any(arg.startswith("-") for arg in argv):  # a single run (flags: multirun, --help, --cfg ...)
             preflight(overrides)
+        elif "-m" in argv or "--multirun" in argv:  # the launcher installed and reachable, before any job
+            overrides += prepare_multirun(overrides)
     except InterpsuiteError as err:
         _error(str(err))
         return EXIT_CONFIG
     sys.argv = [sys.argv[0], *overrides]
+    returns: list = []  # the launcher's JobReturns: jobs of joblib/Ray/SLURM ran in other processes
     try:
-        hydra_app()
+        with collect_job_returns(returns):
+            hydra_app()
     except KeyboardInterrupt:
         print("interpsuite: interrupted; finished analyzers are kept in results.json", file=sys.stderr)
         return EXIT_INTERRUPTED
@@ -210,10 +219,20 @@ def run_cli(argv: list[str]) -> int:
             return EXIT_CONFIG  # Hydra refused the config (multirun) and printed why
         if stop.code not in (0, None):
             return worst([j.exit_code for j in _JOBS] + [EXIT_FAILED])
+    if returns:
+        _JOBS[:] = [JobOutcome(*outcome) for outcome in job_outcomes(returns, EXIT_FAILED)]
     if len(_JOBS) > 1:
         for job in _JOBS:
             print(f"job {job.number} ({job.overrides or 'no overrides'}): exit code {job.exit_code}")
     return worst([job.exit_code for job in _JOBS])
+
+
+def yes_override(argv: list[str]) -> list[str]:
+    """`--yes` (run even when the resource estimate exceeds `budget`) as the override budget.assume_yes=true,
+    so every job of a multirun, and every pipeline a job makes, gets it through the config."""
+    if "--yes" not in argv:
+        return list(argv)
+    return [*(arg for arg in argv if arg != "--yes"), "budget.assume_yes=true"]
 
 
 def main() -> None:
@@ -221,4 +240,8 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    # run the importable module's main: launchers pickle `hydra_app` by reference
+    # (interpsuite.__main__.hydra_app), which a `__main__` function cannot be
+    from interpsuite.__main__ import main as _main
+
+    _main()

@@ -2,6 +2,10 @@
 
 `wandb` is imported here and nowhere else. A W&B failure raises; the pipeline records it
 under `sinks.wandb` in results.json and the run goes on (the run directory holds everything).
+
+`sinks.wandb` also records the run's mode, group and id (in every mode, `disabled` included):
+the jobs of one multirun share a group (interpsuite.launchers.apply_multirun_group), and
+`interpsuite sweep-summary` reads it back from each job's results.json.
 """
 
 from __future__ import annotations
@@ -10,7 +14,7 @@ import io
 import os
 from typing import Any
 
-from ..results import Result
+from ..results import RESULTS_FILE, Result, write_results
 from .base import RunInfo, Sink, SinkWarning
 
 MODES = ("offline", "online", "disabled")
@@ -38,6 +42,7 @@ class WandbSink(Sink):
         super().__init__(run)
         options = run.options.get("wandb", {}) or {}
         self.mode = options.get("mode", "offline")
+        self.group = options.get("group") or None
         self._run = None
         if self.mode == "disabled":
             return
@@ -53,7 +58,7 @@ class WandbSink(Sink):
             dir=str(run.run_dir),
             config=run.config,
             tags=list(options.get("tags") or []),
-            group=options.get("group"),
+            group=self.group,
             notes=options.get("notes"),
             reinit="create_new",
         )
@@ -91,6 +96,7 @@ class WandbSink(Sink):
                 )
 
     def close(self, payload: dict[str, Any]) -> None:
+        self._record(payload)
         if self._run is None:
             return
         try:
@@ -100,3 +106,12 @@ class WandbSink(Sink):
             self._run.summary["duration_s"] = payload.get("duration_s")
         finally:
             self._run.finish()
+
+    def _record(self, payload: dict[str, Any]) -> None:
+        """mode, group and run id under `sinks.wandb` in results.json (rewritten: the pipeline saved
+        it just before closing the sinks)."""
+        entry = payload.setdefault("sinks", {}).setdefault(self.name, {"status": "ok", "error": None})
+        entry.update(mode=self.mode, group=self.group, run_id=self._run.id if self._run is not None else None)
+        path = self.run.run_dir / RESULTS_FILE
+        if path.is_file():
+            write_results(path, payload)
