@@ -59,6 +59,18 @@ class Analyzer(ABC):
     def validate(self, info: ModelInfo, cfg: Any) -> None:  # noqa: B027 - optional, not abstract
         """Raise ConfigError for anything wrong that can be seen without weights (default: nothing)."""
 
+    def estimate(self, info: ModelInfo, cfg: Any, workload: Any) -> Any:
+        """What `run` will cost, before it runs: an `interpsuite.estimate.Cost` (forward/backward
+        passes in tokens, peak activation memory, disk, figures, arithmetic of its own), built with
+        the helpers of `workload` (an `interpsuite.estimate.Workload`: the run's inputs as token
+        lengths, batch size, the model's dimensions). `interpsuite estimate` and the estimate at
+        the start of every run turn it into seconds, bytes and flags (docs/scale.md).
+
+        Default: one forward pass over the run's inputs, capturing nothing. Override it where
+        `run` does other work: many passes (sweeps, integrated-gradient steps), training, prompt
+        sets of its own, stores on disk, many figures."""
+        return workload.forward_inputs()
+
     @abstractmethod
     def run(self, ctx: RunContext) -> Result:
         """The analysis: read `ctx.model` through captures/interventions, return a Result."""

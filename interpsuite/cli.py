@@ -69,6 +69,18 @@ def _compare(args: argparse.Namespace) -> int:
     return compare_command(args.run_dirs, args.out, args.allow_different_inputs)
 
 
+def _merge_shards(args: argparse.Namespace) -> int:
+    from .shards import merge_shards_command
+
+    return merge_shards_command(args.run_dirs, args.analyzer, args.out)
+
+
+def _sweep_summary(args: argparse.Namespace) -> int:
+    from .sweep_summary import sweep_summary_command
+
+    return sweep_summary_command(args.multirun_dir, args.out, metric=args.metric, parameter=args.param)
+
+
 def _figures(args: argparse.Namespace) -> int:
     from .figure_command import figures_command
 
@@ -82,6 +94,8 @@ COMMANDS = {
     "cache": _cache,
     "new-plugin": _new_plugin,
     "compare": _compare,
+    "sweep-summary": _sweep_summary,
+    "merge-shards": _merge_shards,
     "figures": _figures,
 }
 
@@ -109,6 +123,17 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument(
         "--allow-different-inputs", action="store_true", help="compare runs made on different texts (off: refused)"
     )
+    merge = sub.add_parser("merge-shards", help="merge a sharded analyzer's jobs into the single-job run directory")
+    merge.add_argument(
+        "run_dirs", nargs="+", metavar="DIR", help="the shards' run directories (or their multirun folder)"
+    )
+    merge.add_argument("--analyzer", default="causal_tracing", help="the sharded analyzer (default: causal_tracing)")
+    merge.add_argument("--out", required=True, help="output folder for the merged run directory (must be new)")
+    summary = sub.add_parser("sweep-summary", help="one table and figure from every job of a multirun (results.json)")
+    summary.add_argument("multirun_dir", metavar="MULTIRUN_DIR", help="the multirun's folder (holds multirun.yaml)")
+    summary.add_argument("--out", default=None, help="output folder (default: MULTIRUN_DIR/sweep_summary)")
+    summary.add_argument("--metric", default=None, help="figure: ANALYZER/METRIC on y (default: one that varies)")
+    summary.add_argument("--param", default=None, help="figure: the swept key on the x axis (default: the first)")
     from .figure_command import add_arguments as figure_arguments
 
     figure_arguments(
@@ -118,6 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
         )
     )
     sub.add_parser("run", help="run an experiment (same as python -m interpsuite ...)")
+    sub.add_parser("estimate", help="estimate passes, memory, disk and time of a run without running it")
     for name, command in plugin_commands().items():
         command.add_arguments(sub.add_parser(name, help=command.help))
     return parser
@@ -130,7 +156,7 @@ def plugin_commands() -> dict:
     return {
         name: item.obj
         for name, item in sorted(get_registry().commands.items())
-        if name not in COMMANDS and name != "run"
+        if name not in COMMANDS and name not in ("run", "estimate")
     }
 
 
@@ -140,6 +166,10 @@ def main(argv: list[str] | None = None) -> int:
         from .__main__ import run_cli
 
         return run_cli(argv[1:])
+    if argv and argv[0] == "estimate":  # Hydra overrides, like `run`: `interpsuite estimate +experiment=NAME ...`
+        from .estimate_command import estimate_cli
+
+        return estimate_cli(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         if args.command in COMMANDS:

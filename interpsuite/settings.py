@@ -220,6 +220,17 @@ class WandbSettings:
 
 
 @dataclass
+class BudgetSettings:
+    """The `budget` group: a run whose resource estimate exceeds one of these stops before the
+    analyzers start (exit 2) unless `--yes` (or `budget.assume_yes=true`); null = no limit."""
+
+    time_s: float | None = constrained(None, min=0, example=600)
+    memory_gb: float | None = constrained(None, min=0, example=8)
+    disk_gb: float | None = constrained(None, min=0, example=10)
+    assume_yes: bool = False
+
+
+@dataclass
 class RunSettings:
     """Top-level settings other than model, data and analyzers (see docs/reference.md)."""
 
@@ -233,6 +244,7 @@ class RunSettings:
     wandb: WandbSettings = field(default_factory=lambda: WandbSettings())
     figures: FiguresConfig = field(default_factory=FiguresConfig)
     figure_style: FigureStyleSettings = field(default_factory=FigureStyleSettings)
+    budget: BudgetSettings = field(default_factory=BudgetSettings)
     experiment_name: str = "run"
 
 

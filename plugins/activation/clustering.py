@@ -111,6 +111,20 @@ class ActivationClustering(Analyzer):
         if cfg.projection not in PROJECTIONS:
             raise ConfigError(f"activation_clustering.projection: {cfg.projection!r}; choose from {list(PROJECTIONS)}")
 
+    def estimate(self, info: ModelInfo, cfg: ActivationClusteringConfig, workload):
+        """A pass over the inputs into a float64 reservoir, then k-means (n_init=4), the silhouette
+        on up to 5000 tokens and a 2-D projection (PCA; UMAP, when installed, costs more)."""
+        from interpsuite.estimate_analyzers import KMEANS_ITERATIONS, kmeans_macs, pca_macs, silhouette_macs
+
+        layer = check_layers(info, [cfg.layer], "activation_clustering.layer")[0]
+        name = f"blocks.{layer}.{cfg.hook_point}"
+        d = workload.width_of(name)
+        n, k = min(cfg.max_tokens, workload.tokens), cfg.n_clusters
+        cost = workload.forward_inputs(capture=[name]).hold(8 * cfg.max_tokens * d)
+        arithmetic = kmeans_macs(n, k, d, n_init=4) + silhouette_macs(min(n, 5000), d) + pca_macs(n, d, 2)
+        cost = cost + workload.macs(arithmetic).note(f"k-means: {KMEANS_ITERATIONS} iterations per init assumed")
+        return cost + workload.figures(1) + workload.table(n, 7)
+
     def run(self, ctx: RunContext) -> Result:
         from sklearn.cluster import KMeans
         from sklearn.metrics import silhouette_score

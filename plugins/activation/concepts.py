@@ -224,6 +224,18 @@ class ConceptNeurons(Analyzer):
         check_layers(info, cfg.layers, "concept_neurons.layers")
         load_concept_set(cfg)
 
+    def estimate(self, info: ModelInfo, cfg: ConceptNeuronsConfig, workload):
+        """Every text of the concept set once (train, then test), capturing the hook point at each layer."""
+        layers = check_layers(info, cfg.layers, "concept_neurons.layers")
+        names = [f"blocks.{layer}.{cfg.hook_point}" for layer in layers]
+        data = load_concept_set(cfg)
+        units = len(layers) * workload.width_of(names[0])
+        n = len(data.texts)
+        cost = workload.forward_texts(data.texts, capture=names).hold(4 * units * n * 2)
+        # rank AUCs of the top neurons under every label permutation
+        ranks = workload.macs(cfg.n_permutations * n * (cfg.top_n + len(layers)))
+        return cost + ranks + workload.figures(2, 2)
+
     def run(self, ctx: RunContext) -> Result:
         cfg: ConceptNeuronsConfig = self.cfg
         info = ctx.model.info

@@ -146,6 +146,20 @@ class MaxActivating(Analyzer):
             check_layers(info, cfg.layers, "max_activating.layers")
         resolve_neurons(info, cfg)
 
+    def estimate(self, info: ModelInfo, cfg: MaxActivatingConfig, workload):
+        """A pass over the inputs, a second over the texts holding a top example, n_check single texts."""
+        chosen = resolve_neurons(info, cfg)
+        if chosen is None:
+            layers = check_layers(info, cfg.layers, "max_activating.layers") if cfg.layers else default_layers(info)
+            n_neurons = len(set(layers)) * cfg.top_k_units
+        else:
+            layers, n_neurons = list(chosen), sum(len(units) for units in chosen.values())
+        names = [f"blocks.{layer}.{cfg.hook_point}" for layer in dict.fromkeys(layers)]
+        needed = min(len(workload.lengths), n_neurons * cfg.top_k)  # at most every text holds an example
+        cost = workload.forward_inputs(capture=names) + workload.forward_inputs(needed, capture=names)
+        checks = workload.each_text(sorted(workload.lengths, reverse=True)[: cfg.n_check], capture=names[:1])
+        return cost + checks + workload.figures(1) + workload.table(n_neurons * cfg.top_k, 11)
+
     def run(self, ctx: RunContext) -> Result:
         cfg: MaxActivatingConfig = self.cfg
         info = ctx.model.info

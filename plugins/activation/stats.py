@@ -160,6 +160,17 @@ class ActivationStats(Analyzer):
         if cfg.near_zero_threshold < 0 or cfg.dead_neuron_threshold < 0:
             raise ConfigError("activation_stats thresholds must be >= 0")
 
+    def estimate(self, info: ModelInfo, cfg: ActivationStatsConfig, workload):
+        """One capturing pass over the inputs; streamed moments of every unit (a few flops each)."""
+        layers = check_layers(info, cfg.layers, "activation_stats.layers")
+        names = [f"blocks.{layer}.{h}" for h in cfg.hook_points for layer in layers]
+        cost = workload.forward_inputs(capture=[*names, *self._decomposition_hooks(info, layers)])
+        units = sum(workload.width_of(name) for name in names)
+        mlp = "mlp.post" in cfg.hook_points
+        figures = workload.figures(2, 4 + 2) if mlp else workload.figures(1, 2)
+        neurons = workload.table(len(layers) * info.d_mlp, 8) if mlp else workload.table(0, 0)
+        return cost + workload.macs(8 * workload.tokens * units) + figures + neurons
+
     def run(self, ctx: RunContext) -> Result:
         cfg: ActivationStatsConfig = self.cfg
         info = ctx.model.info

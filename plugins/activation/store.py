@@ -806,6 +806,17 @@ class ActivationStoreAnalyzer(Analyzer):
                     f"{'; '.join(errors)}. Use another path, or resume=false to overwrite it"
                 )
 
+    def estimate(self, info: ModelInfo, cfg: ActivationStoreConfig, workload):
+        """A capturing pass over the inputs written to shards, and two batches recomputed to verify them."""
+        hooks = resolve_hooks(info, cfg.hook_points, cfg.layers)
+        units = sum(hook_units(info, hook) for hook in hooks)
+        size = torch.tensor([], dtype=DTYPES[cfg.dtype]).element_size()
+        rows = workload.tokens
+        cost = workload.forward_inputs(capture=hooks).hold(min(rows, cfg.shard_tokens) * units * size)
+        verify = workload.forward_batches(workload.first(2 * workload.batch_size), capture=hooks)
+        index = rows * (3 * 8 + 8 + 8)  # text id, position, token id, offsets, token bytes
+        return cost + verify + workload.disk(rows * units * size + index)
+
     def run(self, ctx: RunContext) -> Result:
         cfg: ActivationStoreConfig = self.cfg
         model = ctx.model

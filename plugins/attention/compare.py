@@ -246,6 +246,20 @@ class AttentionComparison(Analyzer):
             if name != info.name:
                 describe_model(name)  # raises ModelNotFoundError (a ConfigError) before weights load
 
+    def estimate(self, info: ModelInfo, cfg: AttentionComparisonConfig, workload):
+        """Patterns of every layer for the first max_texts texts (and as much for every other model,
+        plus loading it); Jensen-Shannon divergences between every pair of texts."""
+        names = [f"blocks.{layer}.attn.pattern" for layer in range(info.n_layers)]
+        lengths = workload.first(cfg.max_texts)
+        cost = workload.forward_batches(lengths, logits=1, capture=names)
+        n = max(lengths, default=0)
+        pairs = len(lengths) * (len(lengths) - 1) // 2
+        cost = cost + workload.macs(8 * pairs * info.n_layers * info.n_heads * n * n)
+        others = [m for m in dict.fromkeys(cfg.models) if m != info.name]
+        if others:
+            cost = cost.note(f"also loads and runs {', '.join(others)}: their time is not included")
+        return cost + workload.figures(3, 5) + workload.table(len(lengths) * info.n_layers * info.n_heads * 8, 5)
+
     def run(self, ctx: RunContext) -> Result:
         cfg: AttentionComparisonConfig = self.cfg
         info = ctx.model.info

@@ -327,6 +327,21 @@ class HeadClassification(Analyzer):
         }
 
     # --- run --------------------------------------------------------------------------------
+    def estimate(self, info: ModelInfo, cfg: HeadClassificationConfig, workload):
+        """Patterns of every layer over the inputs, one pass over the repeated random sequences (all
+        logits), and the ablation sweep (clean, the top induction heads, the random control sets)."""
+        names = [pattern_name(layer) for layer in range(info.n_layers)]
+        cost = workload.forward_inputs(logits=1, capture=names)
+        rows, width = cfg.n_sequences, 2 * cfg.seq_len + int(cfg.prepend_bos)
+        cost = cost + workload.forward(rows, width, logits=None if info.is_causal else 0, capture=names)
+        if cfg.ablation and info.is_causal:
+            # which heads are ablated is known only after the probe: the induction set is assumed
+            # in the middle of the model, each random set to reach down to the first layers
+            starts = [(info.n_layers, width), (info.n_layers // 2, 0)] + [(0, 0)] * cfg.n_random_sets
+            per_pass = max(rows, min(len(starts) * rows, ABLATION_ROWS_PER_PASS))
+            cost = cost + workload.sweep(rows, width, starts, per_pass, logits=cfg.seq_len)
+        return cost + workload.figures(len(SCORES)) + workload.table(info.n_layers * info.n_heads, 8)
+
     def run(self, ctx: RunContext) -> Result:
         cfg: HeadClassificationConfig = self.cfg
         info = ctx.model.info

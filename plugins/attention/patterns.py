@@ -176,6 +176,18 @@ class AttentionPatterns(Analyzer):
         if cfg.max_label_tokens < 2:
             raise ConfigError(f"attention_patterns.max_label_tokens must be >= 2, got {cfg.max_label_tokens}")
 
+    def estimate(self, info: ModelInfo, cfg: AttentionPatternsConfig, workload):
+        """One pass over the first max_texts texts capturing every pattern; a figure per chosen head
+        (a panel per text), the layer x head grid, and the long table of the figured patterns."""
+        layers = check_layers(info, cfg.layers, "attention_patterns.layers")
+        heads = check_heads(info, cfg.heads, "attention_patterns.heads")
+        lengths = workload.first(cfg.max_texts)
+        cost = workload.forward(len(lengths), max(lengths), logits=1, capture=[pattern_name(L) for L in layers])
+        figured = min(cfg.max_head_figures, len(layers) * len(heads))
+        figures = workload.figures(figured + 1, figured * len(lengths) + len(layers) * len(heads))
+        rows = figured * sum(n * (n + 1) // 2 if info.is_causal else n * n for n in lengths)
+        return cost + figures + workload.table(rows, 8)
+
     def run(self, ctx: RunContext) -> Result:
         cfg: AttentionPatternsConfig = self.cfg
         info = ctx.model.info
@@ -354,6 +366,13 @@ class AttentionEntropy(Analyzer):
 
     def validate(self, info: ModelInfo, cfg: AttentionEntropyConfig) -> None:
         check_layers(info, cfg.layers, "attention_entropy.layers")
+
+    def estimate(self, info: ModelInfo, cfg: AttentionEntropyConfig, workload):
+        """One pass over the inputs capturing the patterns of the chosen layers; three figures."""
+        layers = check_layers(info, cfg.layers, "attention_entropy.layers")
+        cost = workload.forward_inputs(logits=1, capture=[pattern_name(L) for L in layers])
+        positions = max(workload.lengths, default=0)
+        return cost + workload.figures(3) + workload.table(len(layers) * info.n_heads * positions, 5)
 
     def run(self, ctx: RunContext) -> Result:
         cfg: AttentionEntropyConfig = self.cfg

@@ -317,6 +317,23 @@ class AttentionRollout(Analyzer):
             f"attention_rollout.output_positions: {spec!r}; use 'last', 'all' or a list of positions like [-1, 0]"
         )
 
+    def estimate(self, info: ModelInfo, cfg: AttentionRolloutConfig, workload):
+        """Patterns of every layer for the first max_texts texts; rollout (matrix products per layer)
+        and, for texts up to flow_max_tokens, attention flow (a max-flow per input token, networkx)."""
+        from interpsuite.estimate_analyzers import attention_flow_macs
+
+        names = [f"blocks.{layer}.attn.pattern" for layer in range(info.n_layers)]
+        lengths = workload.first(cfg.max_texts)
+        cost = workload.forward_batches(lengths, logits=1, capture=names)
+        arithmetic = sum(info.n_layers * n**3 for n in lengths)
+        flows = [n for n in lengths if cfg.flow_max_tokens and n <= cfg.flow_max_tokens]
+        arithmetic += sum(attention_flow_macs(info.n_layers, n, outputs=1) for n in flows)
+        panels = min(info.n_layers, MAX_HEATMAP_PANELS)
+        n_figures = 2 * len(lengths) if cfg.figures else 0  # rollout by depth (a panel grid), rollout vs flow
+        figures = workload.figures(n_figures, n_figures // 2 * (panels + 1))
+        table = workload.table(sum(n * (info.n_layers + 1) for n in lengths), 9)
+        return cost + workload.macs(arithmetic) + figures + table
+
     def run(self, ctx: RunContext) -> Result:
         cfg: AttentionRolloutConfig = self.cfg
         self.validate(ctx.model.info, cfg)

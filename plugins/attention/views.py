@@ -47,6 +47,16 @@ class AttentionView(Analyzer):
             raise ConfigError(f"attention_view.max_tokens must be >= 1, got {cfg.max_tokens} (default 64)")
         check_layers(info, cfg.layers, "attention_view.layers")
 
+    def estimate(self, info: ModelInfo, cfg: AttentionViewConfig, workload):
+        """Patterns of the chosen layers for the first max_texts texts (at most max_tokens each),
+        embedded in one HTML page (quantised weights: a few bytes per weight)."""
+        layers = sorted(set(check_layers(info, cfg.layers, "attention_view.layers")))
+        limit = cfg.max_tokens if workload.max_length is None else min(cfg.max_tokens, workload.max_length)
+        lengths = [min(n, limit) for n in workload.first(cfg.max_texts)]
+        cost = workload.forward_batches(lengths, logits=1, capture=[f"blocks.{L}.attn.pattern" for L in layers])
+        weights = sum(len(layers) * info.n_heads * n * n for n in lengths)
+        return cost + workload.disk(4 * weights) + workload.macs(20 * weights)
+
     def run(self, ctx: RunContext) -> Result:
         cfg: AttentionViewConfig = self.cfg
         info = ctx.model.info

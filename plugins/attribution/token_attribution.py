@@ -163,6 +163,34 @@ class TokenAttribution(Analyzer):
         if cfg.contrast is not None and cfg.target is None:
             raise ConfigError("token_attribution.contrast needs a target too (e.g. ' positive' vs ' negative')")
 
+    def estimate(self, info: ModelInfo, cfg: TokenAttributionConfig, workload):
+        """Per text (one row of t tokens, all logits): each method's passes, then the finite-difference
+        checks of the gradient methods (4 stencil points x up to 32 positions)."""
+        cost = workload.figures(2 if len(cfg.methods) > 1 else 1, 3 if len(cfg.methods) > 1 else 1)
+        chunk = cfg.internal_batch_size
+        for t in workload.first(cfg.max_texts):
+            cost = cost + workload.forward(1, t)  # the target's value
+            for method in cfg.methods:
+                if method in ("saliency", "grad_x_input"):
+                    cost = cost + workload.forward(1, t, grad=True)
+                elif method == "integrated_gradients":
+                    cost = cost + workload.forward(2, t)
+                    for start in range(0, cfg.n_steps, chunk):
+                        cost = cost + workload.forward(min(chunk, cfg.n_steps - start), t, grad=True)
+                elif method == "occlusion":
+                    cost = cost + workload.forward(1, t) + workload.forward_batches([t] * t, min(t, chunk))
+                elif method in ("lime", "shap"):
+                    cost = cost + workload.forward_batches([t] * cfg.n_samples, 32)
+            checked = [m for m in FD_STEPS if m in cfg.methods]
+            if checked and workload.dtype_bytes >= 4:
+                rows = len(checked) * len(FD_STENCIL) * len(_fd_positions(t))
+                cost = cost + workload.forward_batches([t] * rows, chunk)
+                if "saliency" in checked:
+                    cost = cost + workload.forward(1, t, grad=True)
+        if "integrated_gradients" in cfg.methods:
+            cost = cost.note(f"IG at n_steps={cfg.n_steps}; doubled (up to {cfg.max_steps}) where completeness fails")
+        return cost
+
     def run(self, ctx: RunContext) -> Result:
         cfg: TokenAttributionConfig = self.cfg
         model = ctx.model
@@ -301,6 +329,11 @@ class ExplainPrediction(TokenAttribution):
     description = "top predictions, per-method token attributions, a plain summary and an HTML heatmap page"
     requires_causal_lm = True
     Config = ExplainPredictionConfig
+
+    def estimate(self, info: ModelInfo, cfg: ExplainPredictionConfig, workload):
+        """token_attribution's passes, and one more forward per text for its top predictions."""
+        lengths = workload.first(cfg.max_texts)
+        return super().estimate(info, cfg, workload) + workload.each_text(lengths, logits=1)
 
     def run(self, ctx: RunContext) -> Result:
         cfg: ExplainPredictionConfig = self.cfg

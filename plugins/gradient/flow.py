@@ -53,6 +53,14 @@ class GradientFlow(Analyzer):
         check_layers(info, cfg.layers, self.name)
         check_target_options(info, cfg.target, cfg.contrast, self.name)
 
+    def estimate(self, info: ModelInfo, cfg: GradientFlowConfig, workload):
+        """One forward+backward pass per batch (the target at each row's last token) through the
+        residual stream, attention and MLP outputs of the chosen layers."""
+        layers = check_layers(info, cfg.layers, self.name)
+        names = [f"blocks.{L}.{s}" for L in layers for s in FLOW_SITES]
+        names += [f"blocks.{L}.resid_pre" for L in range(1, info.n_layers)]  # the identity check
+        return workload.forward_inputs(logits="last", capture=names, grad=True) + workload.figures(1)
+
     def run(self, ctx: RunContext) -> Result:
         cfg: GradientFlowConfig = self.cfg
         model = ctx.model
@@ -132,6 +140,21 @@ class AttentionGradients(Analyzer):
             raise ConfigError(f"{self.name}: top_n={cfg.top_n} must be >= 1; e.g. top_n: 20")
         if not 0 < cfg.fd_eps < 0.1:
             raise ConfigError(f"{self.name}: fd_eps={cfg.fd_eps} must lie in (0, 0.1); the default is 1e-2")
+
+    def estimate(self, info: ModelInfo, cfg: AttentionGradientsConfig, workload):
+        """Forward+backward per batch through every chosen pattern; on the first batch a sweep
+        scaling each layer's pattern up and down (the finite-difference check)."""
+        layers = check_layers(info, cfg.layers, self.name)
+        names = [f"blocks.{L}.attn.pattern" for L in layers]
+        cost = workload.forward_inputs(logits="last", capture=names, grad=True)
+        batches = workload.batches()
+        if batches:
+            first = batches[0]
+            starts = [(L, 0) for L in layers for _ in (1, -1)]  # patterns cannot be shifted: position 0
+            cost = cost + workload.sweep(
+                len(first), max(first), starts, logits=len(set(first)), last_position=min(first) - 1
+            )
+        return cost + workload.figures(1)
 
     def run(self, ctx: RunContext) -> Result:
         cfg: AttentionGradientsConfig = self.cfg

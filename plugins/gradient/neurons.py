@@ -84,6 +84,23 @@ class NeuronImportance(Analyzer):
                 f"n_check ({cfg.n_check}) >= 0; e.g. top_n: 50, n_check: 20"
             )
 
+    def estimate(self, info: ModelInfo, cfg: NeuronImportanceConfig, workload):
+        """Forward+backward per batch through the MLP neurons, then per batch a sweep ablating the
+        n_check top neurons (their layers are known only after ranking: assumed spread evenly)."""
+        layers = check_layers(info, cfg.layers, self.name)
+        names = [f"blocks.{L}.mlp.post" for L in layers]
+        cost = workload.forward_inputs(logits="last", capture=names, grad=True)
+        batches = workload.batches()
+        cost = cost.hold(4 * len(workload.lengths) * len(layers) * info.d_mlp)  # attributions of every text
+        n_check = min(cfg.n_check, len(layers) * info.d_mlp)
+        if n_check:
+            spread = [layers[i * len(layers) // n_check] for i in range(n_check)]
+            for rows in batches:
+                starts = [(info.n_layers, max(rows))] + [(L, 0) for L in spread]
+                kept = {"logits": len(set(rows)), "last_position": min(rows) - 1}
+                cost = cost + workload.sweep(len(rows), max(rows), starts, cfg.sweep_batch_size, **kept)
+        return cost + workload.figures(1, 2) + workload.table(cfg.top_n, 5)
+
     def run(self, ctx: RunContext) -> Result:
         cfg: NeuronImportanceConfig = self.cfg
         model = ctx.model

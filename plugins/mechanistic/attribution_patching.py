@@ -256,6 +256,30 @@ class AttributionPatching(Analyzer):
         if not -1.0 <= cfg.min_correlation <= 1.0:
             raise ConfigError(f"{self.name}: min_correlation={cfg.min_correlation} must lie in [-1, 1]")
 
+    def estimate(self, info: ModelInfo, cfg: AttributionPatchingConfig, workload):
+        """A clean pass and a corrupted forward+backward pass; with `check`, real patching of every
+        head (one sweep), and a sweep of 2 x n_fd interpolations for the first-order check."""
+        model = workload.model
+        layers = check_layers(info, cfg.layers, self.name)
+        pairs = load_pairs(cfg.pairs, model.tokenizer, cfg.n_pairs, workload.seed)
+        pb = tokenize_pairs(model, pairs, cfg.allow_first_piece, self.name)
+        names = [f"blocks.{L}.{site}" for L in layers for site in dict.fromkeys(cfg.sites)]
+        keep, _ = last_positions(pb.corrupted)
+        rows, width = pb.size, int(pb.corrupted.input_ids.shape[1])
+        cost = workload.forward(rows, int(pb.clean.input_ids.shape[1]), logits=len(keep), capture=names)
+        cost = cost + workload.forward(rows, width, logits=len(keep), capture=names, grad=True)
+        cost = cost.hold(3 * sum(rows * width * workload.width_of(n) for n in names) * workload.dtype_bytes)
+        heads = "attn.z" in cfg.sites
+        if heads and cfg.check:
+            starts = [(L, pb.first_diff) for L in layers for _ in range(info.n_heads)]
+            cost = cost + workload.sweep_batch(pb.corrupted, starts, cfg.sweep_batch_size, keep)
+        n_fd = min(cfg.n_fd, len(layers) * info.n_heads) if heads else 0
+        if n_fd:  # the top heads' layers are known only after the estimate: assumed spread evenly
+            starts = [(layers[i * len(layers) // n_fd], pb.first_diff) for i in range(n_fd)] * 2
+            cost = cost + workload.sweep_batch(pb.corrupted, starts, cfg.sweep_batch_size, keep)
+        n_figures = int(heads) * (1 + int(cfg.check)) + int(any(s != "attn.z" for s in cfg.sites))
+        return cost + workload.figures(n_figures, n_figures + len(cfg.sites) - 1)
+
     def run(self, ctx: RunContext) -> Result:
         cfg: AttributionPatchingConfig = self.cfg
         model = ctx.model

@@ -293,6 +293,29 @@ class CircuitDiscovery(Analyzer):
         if not 0.0 <= cfg.min_task_accuracy <= 1.0:
             raise ConfigError(f"{self.name}: min_task_accuracy={cfg.min_task_accuracy} must lie in [0, 1]")
 
+    def estimate(self, info: ModelInfo, cfg: CircuitDiscoveryConfig, workload):
+        """A clean forward+backward (z and patterns of every layer), a corrupted pass, then sweeps of
+        ablated head sets: all heads, two sets per binary-search step (log2 of the head count;
+        the search may stop sooner), and the controls (the full model and 2 x n_random sets)."""
+        import math
+
+        model = workload.model
+        pairs = load_pairs(cfg.pairs, model.tokenizer, cfg.n_prompts, workload.seed)
+        pb = tokenize_pairs(model, pairs, cfg.allow_first_piece, self.name)
+        keep, _ = last_positions(pb.clean)
+        rows, width = pb.size, int(pb.clean.input_ids.shape[1])
+        names = [f"blocks.{L}.{site}" for L in range(info.n_layers) for site in ("attn.z", "attn.pattern")]
+        cost = workload.forward(rows, width, logits=len(keep), capture=names, grad=True)
+        cost = cost + workload.forward(rows, int(pb.corrupted.input_ids.shape[1]), logits=len(keep), capture=names[::2])
+        z_bytes = rows * width * info.n_heads * info.d_head * info.n_layers * workload.dtype_bytes
+        steps = math.ceil(math.log2(max(info.n_layers * info.n_heads, 2)))
+        evaluations = [[(0, 0)]] + [[(0, 0), (0, 0)]] * steps
+        evaluations.append([(info.n_layers, width)] + [(0, 0)] * (2 * cfg.n_random))  # ablated sets reach layer 0
+        for starts in evaluations:
+            cost = cost + workload.sweep_batch(pb.clean, starts, cfg.sweep_batch_size, keep)
+        cost = cost.hold(3 * z_bytes).note(f"binary search: up to {steps} steps of 2 head sets assumed")
+        return cost + workload.figures(3) + workload.table(info.n_layers * info.n_heads, 8)
+
     def run(self, ctx: RunContext) -> Result:
         cfg: CircuitDiscoveryConfig = self.cfg
         model = ctx.model

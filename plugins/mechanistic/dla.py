@@ -410,6 +410,23 @@ class DirectLogitAttributionAnalyzer(Analyzer):
         return f"{target} - per-text contrasts" if cfg.contrasts else target
 
     # --- the run ----------------------------------------------------------------------------
+    def estimate(self, info: ModelInfo, cfg: DLAConfig, workload):
+        """One pass per batch capturing embed and every layer's z, attn.out and mlp.out (all logits),
+        then per layer the heads' direct terms in float64 (B x T x d_model^2 twice)."""
+        if cfg.pairs is not None:
+            seed = workload.seed if cfg.seed is None else cfg.seed
+            pairs = load_pairs(cfg.pairs, workload.model.tokenizer, cfg.n_pairs, seed)
+            lengths = workload.token_lengths([p.clean for p in pairs])
+        else:
+            lengths = workload.lengths
+        cost = workload.forward_batches(lengths, capture=capture_names(info))
+        tokens = sum(max(b) * len(b) for b in workload.batches(lengths))
+        f64 = 2  # float64 arithmetic runs at about half the float32 rate
+        cost = cost + workload.macs(f64 * 2 * tokens * info.n_layers * info.d_model * info.n_heads * info.d_head)
+        widest = max(lengths, default=0) * min(workload.batch_size, len(lengths))
+        cost = cost.hold(8 * widest * (info.n_heads * info.d_head + 3 * info.d_model + info.n_layers * info.n_heads))
+        return cost + workload.figures(3, 6) + workload.table(sum(lengths), 14)
+
     def run(self, ctx: RunContext) -> Result:
         cfg: DLAConfig = self.cfg
         model, info = ctx.model, ctx.model.info

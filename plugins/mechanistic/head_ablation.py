@@ -277,6 +277,31 @@ class HeadAblation(Analyzer):
             return logit_diff_evaluation(ctx.model, cfg)
         return loss_evaluation(ctx.model, list(ctx.inputs.texts[: cfg.max_texts]), ctx.max_length)
 
+    def estimate(self, info: ModelInfo, cfg: HeadAblationConfig, workload):
+        """The clean pass, the reference means, ONE sweep of every (strategy, layer, head) plus the clean
+        item (grouped into passes by the sweep engine's own planner: the pass count is exact), and
+        one forward per strategy re-running its top head."""
+        layers = sorted(set(check_layers(info, cfg.layers, self.name)))
+        if cfg.metric == "logit_diff":
+            evaluation = logit_diff_evaluation(workload.model, cfg)
+        else:
+            evaluation = loss_evaluation(workload.model, list(workload.texts[: cfg.max_texts]), workload.max_length)
+        batch, keep = evaluation.batch, evaluation.logits_to_keep
+        rows, width = batch.size, int(batch.input_ids.shape[1])
+        kept = int(keep.numel()) if isinstance(keep, torch.Tensor) else (keep or None)
+        names = [z_name(layer) for layer in layers]
+        cost = workload.forward(rows, width, logits=kept, capture=names)
+        if "mean" in cfg.strategies and cfg.reference == "inputs":
+            cost = cost + workload.forward_inputs(logits=1, capture=names)
+        # the clean item starts last; a head's ablation (every position) at its layer, position 0
+        items = [(layer, 0) for _ in cfg.strategies for layer in layers for _ in range(info.n_heads)]
+        starts = [(info.n_layers, width), *items]
+        cost = cost + workload.sweep_batch(batch, starts, rows_per_pass(evaluation, info, cfg.sweep_batch_size), keep)
+        cost = cost + workload.forward(rows, width, logits=kept, count=len(cfg.strategies))
+        n = len(cfg.strategies)
+        figures = workload.figures(1 + (n > 1), n + n * (n - 1) // 2)
+        return cost + figures + workload.table(len(items), 6)
+
     def run(self, ctx: RunContext) -> Result:
         cfg: HeadAblationConfig = self.cfg
         model, info = ctx.model, ctx.model.info

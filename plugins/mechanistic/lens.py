@@ -120,6 +120,22 @@ class LogitLens(Analyzer):
         if cfg.target is not None and cfg.target == "":
             raise ConfigError(f"{self.name}: target is an empty string; give one token such as ' Paris', or null")
 
+    def estimate(self, info: ModelInfo, cfg: LogitLensConfig, workload):
+        """One pass per batch (all logits) capturing the residual stream at every lens layer, then
+        every token unembedded at every lens layer (the vocabulary-wide softmax, KL, entropy)."""
+        from interpsuite.estimate_analyzers import lens_unembed_macs
+
+        layers = lens_layers(info, cfg.layers, cfg.include_embed, self.name)
+        capture = sorted({layer_hook(L) for L in layers} | {layer_hook(info.n_layers - 1)})
+        cost = workload.forward_inputs(capture=capture)
+        padded = sum(max(b) * len(b) for b in workload.batches())
+        cost = cost + workload.macs(lens_unembed_macs(padded, len(layers) + 1, info.d_model, info.vocab_size))
+        widest = max((max(b) * len(b) for b in workload.batches()), default=0)
+        cost = cost.hold(3 * 4 * widest * info.vocab_size)  # a lens layer's logits, log-probs and probs
+        rows = min(cfg.table_texts, len(workload.lengths))
+        table = workload.table(sum(workload.lengths[:rows]) * len(layers) * cfg.top_k, 7)
+        return cost + workload.figures(3, 4) + table
+
     def run(self, ctx: RunContext) -> Result:
         cfg: LogitLensConfig = self.cfg
         model = ctx.model

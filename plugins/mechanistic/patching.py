@@ -152,6 +152,46 @@ class ActivationPatching(Analyzer):
         if cfg.n_pairs < 1 or cfg.batch_size < 1:
             raise ConfigError(f"{self.name}: n_pairs ({cfg.n_pairs}) and batch_size ({cfg.batch_size}) must be >= 1")
 
+    def estimate(self, info: ModelInfo, cfg: ActivationPatchingConfig, workload):
+        """A clean and a corrupted pass, the endpoint sweep, then one sweep per site: items per
+        (layer, head) from the first differing position, per (layer, position) and per
+        (layer, head, position) over the largest group of pairs sharing a template."""
+        model = workload.model
+        layers = check_layers(info, cfg.layers, self.name)
+        pair_list = load_pairs(cfg.pairs, model.tokenizer, cfg.n_pairs, workload.seed)
+        pairs = tokenize_pairs(model, pair_list, cfg.allow_first_piece, self.name)
+        hooks = self._hooks(cfg.sites, layers, info.n_layers)
+
+        def prepared(p: PairBatch):
+            keep, _ = last_positions(p.corrupted)
+            clean = workload.forward(p.size, int(p.clean.input_ids.shape[1]), logits=len(keep), capture=hooks)
+            return clean + workload.forward(p.size, int(p.corrupted.input_ids.shape[1]), logits=len(keep)), keep
+
+        cost, keep = prepared(pairs)
+        width, last = int(pairs.corrupted.input_ids.shape[1]), info.n_layers - 1
+        endpoints = [(info.n_layers, width), (0, 0), (last, 0)]
+        cost = cost + workload.sweep_batch(pairs.corrupted, endpoints, cfg.batch_size, keep)
+        heads = [(L, pairs.first_diff) for L in layers for _ in range(info.n_heads)]
+        figures = 0
+        if "heads" in cfg.sites:
+            cost, figures = cost + workload.sweep_batch(pairs.corrupted, heads, cfg.batch_size, keep), figures + 1
+        position_sites = [s for s in cfg.sites if s in LAYER_POSITION_SITES or s == "heads_by_position"]
+        if position_sites:
+            group = position_group(pairs)
+            sub = pairs if len(group) == pairs.size else pairs.subset(model, group)
+            if sub is not pairs:
+                more, _ = prepared(sub)
+                cost = cost + more
+            sub_keep, _ = last_positions(sub.corrupted)
+            computed = range(sub.first_diff, int(sub.corrupted.lengths[0]))
+            grid = [(L, p) for L in layers for p in computed]
+            for site in position_sites:
+                starts = grid if site != "heads_by_position" else [(L, p) for L, p in grid for _ in range(info.n_heads)]
+                cost = cost + workload.sweep_batch(sub.corrupted, starts, cfg.batch_size, sub_keep)
+            figures += int(any(s in LAYER_POSITION_SITES for s in position_sites))
+            figures += int("heads_by_position" in cfg.sites)
+        return cost + workload.figures(figures, figures + len(position_sites))
+
     def run(self, ctx: RunContext) -> Result:
         cfg: ActivationPatchingConfig = self.cfg
         model = ctx.model

@@ -365,6 +365,32 @@ class Steering(Analyzer):
         source = f"contrast: {len(cfg.positive)} positive - {len(cfg.negative)} negative prompts, {cfg.position} token"
         return vector, hook, source
 
+    def estimate(self, info: ModelInfo, cfg: SteeringConfig, workload):
+        """The contrast sets (when no direction file), the clean prompts, one sweep of every
+        coefficient (prompts x targets rows each), the strongest coefficient once more, and the
+        uncached greedy continuations (the whole prefix again at every new token)."""
+        model = workload.model
+        hook = steering_hook(info, cfg)
+        prompts = list(cfg.prompts if cfg.prompts is not None else workload.texts)[: cfg.max_prompts]
+        batch = model.tokenize(prompts, workload.max_length)
+        keep, _ = last_positions(batch)
+        rows, width = batch.size, int(batch.input_ids.shape[1])
+        cost = workload.forward(rows, width, logits=len(keep), capture=[hook], count=2)
+        if cfg.direction_path is None:
+            cost = cost + workload.forward_texts(cfg.positive, logits=1, capture=[hook])
+            cost = cost + workload.forward_texts(cfg.negative, logits=1, capture=[hook])
+        n_targets = len(resolve_targets(model, cfg.targets, cfg.allow_first_piece)[0])
+        coefficients = sorted({float(c) for c in [*cfg.coefficients, 0.0]})
+        layer = parse_hook_name(hook)[0]
+        repeated = batch.repeat(n_targets)
+        starts = [(layer, 0)] * len(coefficients)
+        cost = cost + workload.sweep_batch(repeated, starts, max(repeated.size, cfg.sweep_batch_size), keep)
+        if cfg.n_generate > 0:
+            shown = workload.token_lengths(prompts[: cfg.n_generate])
+            generated = workload.generate(len(shown) * len(coefficients), max(shown), cfg.max_new_tokens, cached=False)
+            cost = cost + generated.note(f"greedy continuations: all {cfg.max_new_tokens} tokens (EOS may stop sooner)")
+        return cost + workload.figures(1 + int(cfg.n_generate > 0), 1 + len(prompts[: cfg.n_generate]))
+
     def run(self, ctx: RunContext) -> Result:
         cfg: SteeringConfig = self.cfg
         model, info = ctx.model, ctx.model.info

@@ -551,6 +551,43 @@ class TunedLensAnalyzer(Analyzer):
         if problems:
             raise ConfigError(f"{self.name}: " + "; ".join(problems) + "; see conf/analyzer/tuned_lens.yaml")
 
+    def estimate(self, info: ModelInfo, cfg: TunedLensConfig, workload):
+        """Residual streams of the training lines until max_train_tokens, the translators' training
+        (least squares, then Adam steps on the KL), and the held-out evaluation: both lenses at
+        every layer over every held-out token (two vocabulary-wide unembeddings per layer)."""
+        from interpsuite.estimate_analyzers import lens_unembed_macs, tuned_lens_training_macs
+
+        n_lenses, d = info.n_layers + 1, info.d_model
+        names = [layer_hook(L) for L in [EMBED, *range(info.n_layers)]]
+        seed = workload.seed if cfg.seed is None else cfg.seed
+        cost = workload.figures(1, 2)
+        if cfg.load_path is not None:
+            heldout = list(workload.texts)
+        else:
+            corpus = read_lines(cfg.train_path or CORPUS_PATH)
+            split = split_texts(corpus, workload.texts, cfg.heldout_fraction, seed, "corpus")
+            max_length = min(cfg.train_max_length, info.max_positions or cfg.train_max_length)
+            lengths, used = [], 0
+            for batch in workload.batches(workload.token_lengths(split.train, max_length)):
+                lengths += batch
+                used += sum(batch)
+                if used >= cfg.max_train_tokens:
+                    break
+            n = min(used, cfg.max_train_tokens)
+            cost = cost + workload.forward_batches(lengths, logits=1, capture=names).hold(4 * n_lenses * n * d)
+            kept = info.vocab_size if cfg.vocab_top is None else min(info.vocab_size, cfg.vocab_top + cfg.vocab_sample)
+            training = tuned_lens_training_macs(
+                n, n_lenses - 1, d, info.vocab_size, kept, cfg.steps, cfg.batch_tokens, MONITOR_TOKENS, MONITOR_POINTS
+            )
+            cost = cost + workload.macs(training)
+            heldout = split.heldout
+        lengths = workload.token_lengths(heldout[: cfg.max_eval_texts])
+        cost = cost + workload.forward_batches(lengths, capture=names)
+        padded = sum(max(b) * len(b) for b in workload.batches(lengths))
+        both = 2 * lens_unembed_macs(padded, n_lenses, d, info.vocab_size) + padded * n_lenses * d * d
+        cost = cost + workload.macs(both)
+        return cost + workload.disk(4 * n_lenses * (d * d + d))
+
     def run(self, ctx: RunContext) -> Result:
         cfg: TunedLensConfig = self.cfg
         model = ctx.model

@@ -245,6 +245,20 @@ class BiasProbe(Analyzer):
         layers = check_config(info, cfg, self.name)
         return BiasProbeConfig(**{**cfg.__dict__, "layers": layers})
 
+    def estimate(self, info: ModelInfo, cfg: BiasProbeConfig, workload):
+        """Every word in every template, one capture pass per batch (every layer); per layer the
+        direction, projections and the WEAT permutation tests."""
+        plan = make_plan(cfg, self.name)
+        layers = check_config(info, cfg, self.name)
+        words = plan.words()
+        sentences = [template_sentence(t, w)[0] for w in words for t in plan.templates]
+        names = [f"blocks.{L}.{cfg.hook_point}" for L in layers]
+        cost = workload.forward_texts([" ".join(s) for s in sentences], logits=1, capture=names)
+        d = workload.width_of(names[0])
+        weat = sum(len(test[key]) for test in plan.weat.values() for key in WEAT_SETS)
+        tests = len(layers) * (cfg.n_permutations * weat * 4 + weat * weat * d)
+        return cost + workload.macs(tests + len(layers) * len(words) * d * d) + workload.figures(2, 2)
+
     def run(self, ctx: RunContext) -> Result:
         cfg: BiasProbeConfig = self.cfg
         layers = cfg.layers if cfg.layers is not None else list(range(ctx.model.info.n_layers))

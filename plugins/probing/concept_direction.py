@@ -120,6 +120,23 @@ class ConceptDirection(Analyzer):
             )
         return classes[1]
 
+    def estimate(self, info: ModelInfo, cfg: ConceptDirectionConfig, workload):
+        """One capture pass over the labelled set (every layer), the probe-weight direction (batched
+        probes over layers x C values x seeds) and the cheap directions; the direction files."""
+        from interpsuite.estimate_analyzers import probe_fit_macs
+
+        (labelled,) = load_sets(_probe_cfg(cfg), self.name)
+        layers = cfg.layers if cfg.layers is not None else list(range(info.n_layers))
+        names = [f"blocks.{L}.{cfg.hook_point}" for L in layers]
+        n, d = len(labelled.example_labels()), workload.width_of(names[0])
+        cost = workload.forward_texts(labelled.texts, logits=1, capture=names).hold(4 * n * d * len(names) * 3)
+        if "probe" in cfg.methods:
+            problems = len(layers) * len(cfg.c_grid) * len(cfg.seeds)
+            cost = cost + workload.macs(probe_fit_macs(problems, n, d, len(labelled.classes)))
+        cost = cost + workload.macs(len(layers) * (n * d * d + len(layers) * d))  # PCA-like directions, cosines
+        files = workload.disk(len(cfg.methods) * len(layers) * (4 * d + 600)) if cfg.save else workload.disk(0)
+        return cost + files + workload.figures(3, 3)
+
     def run(self, ctx: RunContext) -> Result:
         cfg: ConceptDirectionConfig = self.cfg
         info = ctx.model.info

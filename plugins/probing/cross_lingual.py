@@ -133,6 +133,23 @@ class CrossLingual(Analyzer):
             check_probe_inputs(labels, groups, config=_probe_config(), what=f"{self.name} language-id probe")
         return CrossLingualConfig(**{**cfg.__dict__, "languages": list(cfg.languages), "layers": layers})
 
+    def estimate(self, info: ModelInfo, cfg: CrossLingualConfig, workload):
+        """Every sentence in every language, one capture pass per batch (every layer); per layer the
+        cross-language cosines and retrievals, and the language-identity probes."""
+        from interpsuite.estimate_analyzers import probe_fit_macs
+
+        layers = check_config(info, cfg, self.name)
+        rows = load_parallel(cfg, self.name)
+        texts, _, _ = language_id_inputs(rows, list(cfg.languages))
+        names = hook_names(layers, cfg.hook_point)
+        cost = workload.forward_texts(texts, logits=1, capture=names)
+        n, d, k = len(rows), workload.width_of(names[0]), len(cfg.languages)
+        cost = cost + workload.macs(len(layers) * k * k * n * n * d)
+        if cfg.probe:
+            problems = len(layers) * len(ProbeConfig().c_grid) * len(PROBE_SEEDS)
+            cost = cost + workload.macs(probe_fit_macs(problems, n * k, d, k))
+        return cost + workload.figures(2 + int(cfg.probe), 3)
+
     def run(self, ctx: RunContext) -> Result:
         cfg: CrossLingualConfig = self.cfg
         layers = cfg.layers if cfg.layers is not None else list(range(ctx.model.info.n_layers))

@@ -203,6 +203,25 @@ class LinearProbe(Analyzer):
         load_sets(cfg, self.name)  # bad files, fields, tags and class counts: before weights load
         return LinearProbeConfig(**{**cfg.__dict__, "layers": layers})
 
+    def estimate(self, info: ModelInfo, cfg: LinearProbeConfig, workload):
+        """Per labelled set: one capture pass (every layer, last logit only), a few texts again for the
+        one-pass check, and the batched probes (layers x C values x (task + control) x seeds)."""
+        from interpsuite.estimate_analyzers import LBFGS_ITERATIONS, probe_fit_macs
+
+        layers = cfg.layers if cfg.layers is not None else list(range(info.n_layers))
+        names = [f"blocks.{L}.{h}" for h in cfg.hook_points for L in layers]
+        d = max(workload.width_of(n) for n in names)
+        cost = workload.figures(0)
+        for labelled in load_sets(cfg, self.name):
+            lengths = workload.token_lengths(labelled.texts)
+            n = len(labelled.example_labels())
+            cost = cost + workload.forward_batches(lengths, logits=1, capture=names).hold(4 * n * d * len(names) * 3)
+            cost = cost + workload.forward_batches(lengths[:4], logits=1, capture=names[-1:])
+            problems = len(names) * len(cfg.c_grid) * (1 + int(cfg.control)) * len(cfg.seeds)
+            cost = cost + workload.macs(probe_fit_macs(problems, n, d, len(labelled.classes)))
+            cost = cost + workload.figures(len(cfg.hook_points), len(cfg.hook_points) * (1 + int(cfg.control)))
+        return cost.note(f"probes: {LBFGS_ITERATIONS} L-BFGS iterations assumed (solver: {cfg.solver})")
+
     def run(self, ctx: RunContext) -> Result:
         cfg: LinearProbeConfig = self.cfg
         layers = cfg.layers if cfg.layers is not None else list(range(ctx.model.info.n_layers))

@@ -70,6 +70,28 @@ class RepresentationSimilarity(Analyzer):
                 raise ConfigError(f"{self.name}.models: {other} has no per-block site {cfg.hook_point!r}")
         return RepresentationSimilarityConfig(**{**cfg.__dict__, "layers": layers})
 
+    def estimate(self, info: ModelInfo, cfg: RepresentationSimilarityConfig, workload):
+        """One capture pass over the inputs (every chosen layer); linear CKA of every pair of layers on
+        up to max_examples examples; RSA and RBF CKA (n^2 and n^3) on up to max_rsa_examples."""
+        from interpsuite.estimate_analyzers import cka_matrix_macs, rbf_cka_macs, rsa_macs
+
+        layers = cfg.layers if cfg.layers is not None else list(range(info.n_layers))
+        names = hook_names(layers, cfg.hook_point)
+        examples = workload.tokens if cfg.pooling == "tokens" else len(workload.lengths)
+        n, d = min(examples, cfg.max_examples), workload.width_of(names[0])
+        small = min(n, cfg.max_rsa_examples)
+        cost = workload.forward_inputs(logits=1, capture=names).hold(4 * examples * d * len(layers) * 2)
+        arithmetic = cka_matrix_macs(len(layers), n, d)
+        if cfg.rsa:
+            arithmetic += rsa_macs(len(layers), small, d)
+        if cfg.rbf:
+            arithmetic += rbf_cka_macs(len(layers), small, d)
+            cost = cost.hold(8 * 6 * small * small)
+        cost = cost + workload.macs(arithmetic)
+        if cfg.models:
+            cost = cost.note(f"also loads and runs {', '.join(cfg.models)}: their time is not included")
+        return cost + workload.figures(1 + int(cfg.rsa) + len(cfg.models)) + workload.table(len(layers) ** 2, 5)
+
     def run(self, ctx: RunContext) -> Result:
         cfg: RepresentationSimilarityConfig = self.cfg
         layers = cfg.layers if cfg.layers is not None else list(range(ctx.model.info.n_layers))

@@ -119,6 +119,33 @@ class PruningCandidates(Analyzer):
         if cfg.calibration not in CALIBRATION_SOURCES:
             raise ConfigError(f"{what}.calibration: {cfg.calibration!r}; choose from {', '.join(CALIBRATION_SOURCES)}")
 
+    def estimate(self, info: ModelInfo, cfg: PruningCandidatesConfig, workload):
+        """Each criterion's passes over the calibration texts (interpsuite.estimate_analyzers.importance_cost):
+        neuron ablation measures 2 x ablation_units neurons, head ablation every head; one plain
+        forward re-checks the weakest ablated unit."""
+        from interpsuite.estimate_analyzers import importance_cost
+
+        texts = calibration_texts(cfg.calibration, workload.texts, cfg.calibration_texts)
+        lengths = workload.token_lengths(texts)
+        causal = info.is_causal
+        cost = workload.figures(1 + len(cfg.heads), 1 + len(cfg.heads))
+        for criterion in cfg.unstructured:
+            cost = cost + importance_cost(workload, criterion, "unstructured", lengths)
+        for granularity in ("neurons", "heads"):
+            for criterion in getattr(cfg, granularity):
+                if criterion in LOSS_BASED and not causal:
+                    continue
+                layers = None
+                if criterion == "ablation":
+                    if granularity == "neurons":
+                        units = min(2 * cfg.ablation_units, info.n_layers * info.d_mlp)
+                        layers = [i * info.n_layers // units for i in range(units)]
+                    else:
+                        layers = [layer for layer in range(info.n_layers) for _ in range(info.n_heads)]
+                    cost = cost + workload.forward_batches(lengths)  # the re-checked unit
+                cost = cost + importance_cost(workload, criterion, granularity, lengths, layers)
+        return cost + workload.table(info.n_layers * (info.d_mlp + info.n_heads), 12)
+
     def run(self, ctx: RunContext) -> Result:
         cfg: PruningCandidatesConfig = self.cfg
         model = ctx.model

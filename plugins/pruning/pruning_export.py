@@ -65,6 +65,23 @@ class PruningExport(Analyzer):
                 f"{what}.path: {cfg.path} already exists; choose a new path or set {what}.overwrite=true"
             )
 
+    def estimate(self, info: ModelInfo, cfg: PruningExportConfig, workload):
+        """The criterion's scores, the pruned model written twice (staged, then final) and reloaded
+        once (a second copy of the weights in memory) to compare its logits with the pruned model's."""
+        from interpsuite.estimate_analyzers import importance_cost
+        from interpsuite.estimate_model import model_params
+
+        texts = calibration_texts(cfg.calibration, workload.texts, cfg.calibration_texts)
+        lengths = workload.token_lengths(texts)
+        layers = None
+        if cfg.criterion == "ablation":
+            per_layer = info.d_mlp if cfg.granularity == "neurons" else info.n_heads
+            layers = [layer for layer in range(info.n_layers) for _ in range(per_layer)]
+        cost = importance_cost(workload, cfg.criterion, cfg.granularity, lengths, layers)
+        weights = model_params(info) * workload.dtype_bytes
+        check = workload.forward_batches(workload.first(workload.batch_size)).times(2)
+        return cost + check.hold(weights) + workload.disk(weights)
+
     def run(self, ctx: RunContext) -> Result:
         from .criteria import prune
 

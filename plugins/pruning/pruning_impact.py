@@ -112,6 +112,30 @@ class PruningImpact(Analyzer):
         if cfg.calibration_texts < 1 or cfg.n_pairs < 1 or cfg.n_boot < 0:
             raise ConfigError(f"{what}: calibration_texts and n_pairs must be >= 1 and n_boot >= 0")
 
+    def estimate(self, info: ModelInfo, cfg: PruningImpactConfig, workload):
+        """Each criterion's scores on the calibration texts, then every task evaluated on the unpruned
+        model and once per (criterion, sparsity) plan (the model pruned in place, all logits)."""
+        from interpsuite.estimate_analyzers import importance_cost, module_shapes
+
+        calibration = workload.token_lengths(calibration_texts(cfg.calibration, workload.texts, cfg.calibration_texts))
+        evaluation = workload.texts if cfg.eval_texts == "inputs" else shipped_corpus()
+        cost = workload.figures(len(cfg.tasks))
+        for criterion in cfg.criteria:
+            layers = None
+            if criterion == "ablation":
+                per_layer = info.d_mlp if cfg.granularity == "neurons" else info.n_heads
+                layers = [layer for layer in range(info.n_layers) for _ in range(per_layer)]
+            cost = cost + importance_cost(workload, criterion, cfg.granularity, calibration, layers)
+        plans = len(cfg.criteria) * len(set(cfg.sparsities))
+        lengths = workload.token_lengths(evaluation)
+        per_eval = workload.forward_batches(lengths) if "perplexity" in cfg.tasks else workload.figures(0)
+        for task in ("ioi", "facts"):
+            if task in cfg.tasks:
+                per_eval = per_eval + workload.forward_batches([16] * cfg.n_pairs, logits=1)
+        weights = info.n_layers * sum(m * n for m, n in module_shapes(info))
+        masking = workload.macs(plans * 8 * weights)  # ranking each row's weights and masking them
+        return cost + per_eval.times(plans + 1) + masking + workload.macs(cfg.n_boot * len(lengths) * plans)
+
     def run(self, ctx: RunContext) -> Result:
         from .criteria import importance_scores
         from .impact import evaluate_plans

@@ -79,6 +79,26 @@ class WeightAnalyzer(Analyzer):
         )  # fmt: skip
         return WeightAnalysisConfig(**{**cfg.__dict__, "layers": layers})
 
+    def estimate(self, info: ModelInfo, cfg: WeightAnalysisConfig, workload):
+        """Statistics and (with `spectrum`) the singular values of every weight matrix of the chosen
+        layers; one pass over the inputs recording every linear input's norm (activation outliers)."""
+        from interpsuite.estimate_analyzers import module_shapes, svd_macs
+
+        layers = cfg.layers if cfg.layers is not None else list(range(info.n_layers))
+        shapes = module_shapes(info)
+        weights = len(layers) * sum(m * n for m, n in shapes)
+        arithmetic = 20 * weights  # histograms, tolerances, outliers: a few passes over every weight
+        if cfg.spectrum:
+            f64 = 2 if cfg.svd_dtype == "float64" else 1
+            arithmetic += f64 * len(layers) * sum(svd_macs(m, n) for m, n in shapes)
+        cost = workload.macs(arithmetic)
+        if cfg.activation_outlier_ratio > 0:
+            cost = cost + workload.forward_inputs(logits=1)
+        kinds = len(shapes)
+        figures = 5 if cfg.spectrum else 2  # heatmaps (3 with spectra), histograms, spectra
+        tables = workload.table(len(layers) * kinds * (1 + cfg.bins), 6)
+        return cost + workload.figures(figures, figures + kinds) + tables
+
     def run(self, ctx: RunContext) -> Result:
         from .weight_plots import plot_magnitude_histograms, plot_module_heatmap, plot_spectra
         from .weights import analyze_weights

@@ -102,6 +102,47 @@ class SAEFeatures(Analyzer):
             raise ConfigError(f"{what}.features is empty; give latent ids, or null for the top_n by selection")
         return cfg
 
+    def estimate(self, info: ModelInfo, cfg: SAEFeaturesConfig, workload):
+        """The SAE (as sae_eval finds it), one capturing pass with the SAE encoding every token (up to
+        max_tokens), the features' decoder directions through the unembedding, the browser page."""
+        from interpsuite.estimate_analyzers import sae_eval_cost
+
+        from .files import read_sae_config
+        from .sae_train import SAETrain, SAETrainConfig, resolve_hook, sae_config
+        from .workflow import corpus_texts, split_held_out
+
+        cost = workload.figures(0)
+        if cfg.sae is not None:
+            sae = read_sae_config(cfg.sae)
+            hook = cfg.hook or sae.hook
+        else:
+            trainer = workload.planned.get("sae_train")
+            if trainer is None:  # trained here with sae_train's defaults, without its evaluation
+                options = {"corpus": cfg.corpus, "paths": list(cfg.paths), "max_chars": cfg.max_chars,
+                           "held_out": cfg.held_out, "max_length": cfg.max_length, "hook": cfg.hook}  # fmt: skip
+                trainer = SAETrainConfig(**options, evaluate=False, export_saelens=False)
+                cost = cost + SAETrain(trainer).estimate(info, trainer, workload)
+            hook = cfg.hook or resolve_hook(info, trainer.hook, self.name)
+            sae = sae_config(info, trainer, hook)
+        texts = corpus_texts(cfg.corpus, workload.texts, cfg.paths, cfg.max_chars)
+        if cfg.texts == "held_out":
+            texts = split_held_out(texts, cfg.held_out, workload.seed)[1]
+        texts = texts[: cfg.max_texts] if cfg.max_texts else texts
+        lengths = workload.token_lengths(texts, cfg.max_length or workload.max_length)
+        if cfg.max_tokens is not None:
+            kept, total = [], 0
+            for n in lengths:
+                if total >= cfg.max_tokens:
+                    break
+                kept.append(n)
+                total += n
+            lengths = kept
+        cost = cost + sae_eval_cost(workload, hook, lengths, sae.d_in, sae.width, downstream=False)
+        shown = len(cfg.features) if cfg.features is not None else cfg.top_n
+        cost = cost + workload.macs(shown * sae.d_in * info.vocab_size)  # decoder directions through W_U
+        page = shown * cfg.n_contexts * (cfg.context_before + cfg.context_after + 1) * 40 if cfg.html else 0
+        return cost + workload.disk(page + 200 * shown) + workload.figures(2, 1 + cfg.cards)
+
     def run(self, ctx: RunContext) -> Result:
         from .browser import feature_browser_html
         from .feature_plots import plot_feature_cards, plot_feature_density

@@ -203,6 +203,33 @@ class SAETrain(Analyzer):
         check_fits_memory(sae)
         return cfg
 
+    def estimate(self, info: ModelInfo, cfg: SAETrainConfig, workload):
+        """Recording the hook over the corpus's training split, epochs x recorded tokens of training
+        steps, the held-out evaluation, the synthetic check and the saved SAE (and store)."""
+        from interpsuite.estimate_analyzers import SAEWork, sae_train_cost
+
+        from .workflow import corpus_texts, split_held_out
+
+        hook = resolve_hook(info, cfg.hook, self.name)
+        sae = sae_config(info, cfg, hook)
+        max_length = cfg.max_length or workload.max_length
+        texts = corpus_texts(cfg.corpus, workload.texts, cfg.paths, cfg.max_chars)
+        train, held = split_held_out(texts, cfg.held_out, workload.seed)
+        work = SAEWork(
+            hook=hook,
+            d_in=sae.d_in,
+            width=sae.width,
+            train_lengths=workload.token_lengths(train, max_length),
+            held_lengths=workload.token_lengths(held, max_length) if cfg.evaluate else [],
+            epochs=cfg.epochs,
+            train_tokens=cfg.train_tokens,
+            training_bytes=training_bytes(sae),
+            buffer_tokens=cfg.buffer_tokens,
+            synthetic_steps=1000 if cfg.synthetic_check else 0,
+            saelens=cfg.export_saelens,
+        )
+        return sae_train_cost(workload, work)
+
     def run(self, ctx: RunContext) -> Result:
         from .evaluation import evaluate_sae
         from .saelens import save_saelens

@@ -182,6 +182,28 @@ class AnomalyDetection(Analyzer):
             sets[Path(cfg.ood_path).stem] = read_texts(cfg.ood_path, cfg.text_field, "ood_path")[: cfg.max_ood]
         return sets
 
+    def estimate(self, info: ModelInfo, cfg: AnomalyDetectionConfig, workload):
+        """A capturing pass over the normal texts kept for the fit, a Gaussian (or kNN bank) per layer,
+        a scoring pass over the test normals and every OOD set, the test normals again after saving
+        and reloading the detector, and the run's inputs scored."""
+        from types import SimpleNamespace
+
+        layers = cfg.layers if cfg.layers is not None else list(range(info.n_layers))
+        hooks = [f"blocks.{layer}.{cfg.hook_point}" for layer in layers]
+        normals = self._normals(cfg)
+        n_test, n_fit = self._split_sizes(cfg, len(normals))
+        sets = self._ood_sets(cfg, SimpleNamespace(model=workload.model, seed=workload.seed))
+        d = workload.width_of(hooks[0])
+        lengths = workload.token_lengths(normals)
+        cost = workload.forward_batches(lengths[n_test:], logits=1, capture=hooks).hold(8 * n_fit * d * len(layers))
+        cost = cost + workload.macs(2 * len(layers) * (n_fit * d * d + d**3))  # covariance and its inverse, float64
+        scored = lengths[:n_test] * 2 + [n for texts in sets.values() for n in workload.token_lengths(texts)]
+        scored += list(workload.lengths)
+        cost = cost + workload.forward_batches(scored, logits=1, capture=hooks)
+        cost = cost + workload.macs(2 * len(scored) * len(layers) * d * d)
+        saved = workload.disk(8 * len(layers) * (d * d + 2 * d)) if cfg.save else workload.disk(0)
+        return cost + saved + workload.figures(2) + workload.table(len(scored) * (len(layers) + 4), 1)
+
     def run(self, ctx: RunContext) -> Result:
         cfg: AnomalyDetectionConfig = self.cfg
         model = ctx.model

@@ -134,6 +134,30 @@ class FailurePrediction(Analyzer):
             )
         return FailurePredictionConfig(**{**cfg.__dict__, "families": families, "probe_layers": layers})
 
+    def estimate(self, info: ModelInfo, cfg: FailurePredictionConfig, workload):
+        """One feature pass per batch (the residual stream of every layer, every attention pattern, the
+        logit lens at each prompt's last token), the greedy answers (cached, up to max_new_tokens),
+        and the predictors: scikit-learn logistic fits over folds x C values, the per-layer probes on
+        the residual vectors, the paired bootstrap."""
+        from interpsuite.estimate_analyzers import probe_fit_macs
+
+        from .failure import default_probe_layers
+
+        items = task_items(cfg, workload.seed, self.name)
+        lengths = workload.token_lengths(prepared_prompts(workload.model.tokenizer, items))
+        layers = range(info.n_layers)
+        probe_layers = cfg.probe_layers if cfg.probe_layers is not None else default_probe_layers(info.n_layers)
+        capture = [f"blocks.{layer}.{site}" for layer in layers for site in ("resid_post", "attn.pattern")]
+        cost = workload.forward_batches(lengths, logits="last", capture=capture)
+        cost = cost + workload.macs(len(lengths) * info.n_layers * info.d_model * info.vocab_size)  # the logit lens
+        for rows in workload.batches(lengths):
+            cost = cost + workload.generate(len(rows), max(rows), cfg.max_new_tokens)
+        n, d = len(items), info.d_model
+        fits = cfg.folds * len(cfg.c_grid) * 4 + cfg.folds * len(cfg.probe_c_grid) * len(probe_layers)
+        cost = cost + workload.macs(probe_fit_macs(fits, n, d, 2) + cfg.n_bootstrap * n * 20)
+        saved = workload.disk(8 * d * len(probe_layers) * 4) if cfg.save_predictor else workload.disk(0)
+        return cost + saved + workload.figures(3, 5) + workload.table(n, 12)
+
     def run(self, ctx: RunContext) -> Result:
         cfg: FailurePredictionConfig = self.cfg
         model = ctx.model

@@ -169,6 +169,44 @@ class RefusalDirection(Analyzer):
         return RefusalDirectionConfig(**{**cfg.__dict__, "layers": layers})
 
     # --- run -------------------------------------------------------------------------------
+    def estimate(self, info: ModelInfo, cfg: RefusalDirectionConfig, workload):
+        """Mean activations of the training prompts, two sweeps over every candidate (directional
+        ablation from layer 0 on decline + harmless validation prompts; addition at the candidate's
+        layer on harmless ones), the checks, and per test set a sweep of 3 conditions and the cached
+        greedy generations of every prompt under each (all max_new_tokens: EOS may stop sooner)."""
+        model = workload.model
+        layers = list(cfg.layers if cfg.layers is not None else default_layers(info, cfg.exclude_last_fraction))
+        positions = check_positions(cfg.positions)
+        decline, harmless = load_request_sets(cfg, self.name)
+
+        def lengths(requests, split: str, limit: int | None) -> list[int]:
+            formatted, _ = format_prompts(model.tokenizer, requests.part(split, limit), cfg.system_prompt)
+            return workload.token_lengths(formatted, None)
+
+        def plain(rows: list[int], **options):
+            return workload.forward(len(rows), max(rows), logits=1, **options)
+
+        def swept(rows: list[int], starts: list[tuple[int, int]]):
+            return workload.sweep(len(rows), max(rows), starts, max(cfg.sweep_batch_size, len(rows)), logits=1)
+
+        hooks = [f"blocks.{layer}.{cfg.site}" for layer in layers]
+        train = lengths(decline, "train", None) + lengths(harmless, "train", None)
+        cost = workload.forward_batches(train, logits=1, capture=hooks)
+        val_d, val_h = lengths(decline, "val", cfg.max_val), lengths(harmless, "val", cfg.max_val)
+        n = len(layers) * len(positions)
+        cost = cost + plain(val_d) + plain(val_h)
+        cost = cost + swept(val_d + val_h, [(0, 0)] * n)  # ablation projects out from layer 0 on
+        cost = cost + swept(val_h, [(layer, 0) for layer in layers for _ in positions])
+        cost = cost + plain(val_d) + plain(val_h) + plain(val_d, capture=hooks)  # the checks
+        for requests in (decline, harmless):
+            test = lengths(requests, "test", cfg.max_test)
+            cost = cost + swept(test, [(0, 0)] * 3)
+            per_call = max(1, cfg.generate_batch_size // 3)
+            for first in range(0, len(test), per_call):
+                chunk = test[first : first + per_call]
+                cost = cost + workload.generate(3 * len(chunk), max(chunk), cfg.max_new_tokens)
+        return cost + workload.figures(3, 6) + workload.table(n, 11)
+
     def run(self, ctx: RunContext) -> Result:
         cfg: RefusalDirectionConfig = self.cfg
         model, info = ctx.model, ctx.model.info

@@ -253,6 +253,33 @@ class SafetyConcepts(Analyzer):
             load_steer_sets(cfg, concepts, what)
         return SafetyConceptsConfig(**{**cfg.__dict__, "layers": layers, "steer": steer})
 
+    def estimate(self, info: ModelInfo, cfg: SafetyConceptsConfig, workload):
+        """Per concept: one capture pass over its labelled texts (every layer), the batched probes
+        (layers x C values x (task + control) x seeds), and (causal LMs, with steer) one sweep of
+        every coefficient over each (prompt, continuation) row plus two plain passes (all logits)."""
+        from interpsuite.estimate_analyzers import probe_fit_macs
+
+        layers = cfg.layers if cfg.layers is not None else list(range(info.n_layers))
+        steer_layer = cfg.steer_layer if cfg.steer_layer is not None else info.n_layers // 3
+        concepts = load_concepts(cfg, self.name)
+        steer_sets = load_steer_sets(cfg, concepts, self.name)[0] if cfg.steer and info.is_causal else {}
+        hooks = hook_names(layers, cfg.hook_point)
+        d = workload.width_of(hooks[0])
+        cost = workload.figures(len(concepts) + int(bool(steer_sets)), len(concepts) * 2 + len(steer_sets))
+        coefficients = len({float(c) for c in [*cfg.coefficients, 0.0]})
+        for labelled, _ in concepts:
+            cost = cost + workload.forward_texts(labelled.texts, logits=1, capture=hooks)
+            problems = len(layers) * len(cfg.c_grid) * (1 + int(cfg.control)) * len(cfg.seeds)
+            cost = cost + workload.macs(probe_fit_macs(problems, len(labelled.texts), d, 2))
+            steer = steer_sets.get(labelled.name)
+            if steer is not None:
+                conts = [c for texts in steer.continuations.values() for c in texts]
+                rows = workload.token_lengths([p + " " + c for p in steer.prompts for c in conts], None)
+                starts = [(steer_layer, 0)] * coefficients
+                cost = cost + workload.sweep(len(rows), max(rows), starts, max(cfg.sweep_batch_size, len(rows)))
+                cost = cost + workload.forward(len(rows), max(rows), count=2)
+        return cost
+
     def run(self, ctx: RunContext) -> Result:
         cfg: SafetyConceptsConfig = self.cfg
         model, info = ctx.model, ctx.model.info
