@@ -147,7 +147,6 @@ def estimate_pipeline(pipeline: Any, probe: bool = True, started: float | None =
     from .estimate_model import model_params
     from .estimate_probe import machine_resources
     from .models import HookedModel
-    from .models.loading import load_model
 
     started = time.perf_counter() if started is None else started
     plan = pipeline.validate()
@@ -160,15 +159,7 @@ def estimate_pipeline(pipeline: Any, probe: bool = True, started: float | None =
     elif not probe or (room is not None and weights > room):
         return _without_weights(pipeline, plan, resources, weights, room)
     else:
-        model = load_model(
-            pipeline.model,
-            device=pipeline.device,
-            dtype=pipeline.dtype,
-            seed=pipeline.seed,
-            device_map=pipeline.device_map,
-            max_memory=pipeline.max_memory,
-            offload_dir=pipeline.offload_dir,
-        )
+        model = pipeline.load_weights()
     texts, max_length = plan.inputs.texts, pipeline.data.max_length
     if pipeline.data.long_documents == "window":
         inputs, max_length = pipeline._windowed(model, plan.inputs)

@@ -358,6 +358,21 @@ class InterpretabilityPipeline:
             )
         return {"truncated_texts": len(excess), "truncated_tokens": sum(excess)}
 
+    def load_weights(self) -> HookedModel:
+        """The model this pipeline runs: the one it was given, or loaded with its placement settings
+        (also what `interpsuite estimate` loads for its timing probe)."""
+        if isinstance(self.model, HookedModel):
+            return self.model
+        return load_model(
+            self.model,
+            device=self.device,
+            dtype=self.dtype,
+            seed=self.seed,
+            device_map=self.device_map,
+            max_memory=self.max_memory,
+            offload_dir=self.offload_dir,
+        )
+
     def _windowed(self, model: HookedModel, inputs: Inputs) -> tuple[Inputs, int]:
         """The documents as overlapping windows (interpsuite.windows), and the longest model input
         a window makes (its content plus the tokenizer's special tokens)."""
@@ -388,19 +403,7 @@ class InterpretabilityPipeline:
         plan = self.validate()
         check_writable_dir(plan.run_dir, "run directory")
         self._seed()
-        model = (
-            self.model
-            if isinstance(self.model, HookedModel)
-            else load_model(
-                self.model,
-                device=self.device,
-                dtype=self.dtype,
-                seed=self.seed,
-                device_map=self.device_map,
-                max_memory=self.max_memory,
-                offload_dir=self.offload_dir,
-            )
-        )
+        model = self.load_weights()
         max_length = self.data.max_length
         if self.data.long_documents == "window":
             plan.inputs, max_length = self._windowed(model, plan.inputs)
