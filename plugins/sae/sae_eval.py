@@ -61,28 +61,9 @@ class SAEEval(Analyzer):
         then a capturing pass, the SAE on every token and (downstream) spliced and zero-ablated passes."""
         from interpsuite.estimate_analyzers import sae_eval_cost
 
-        from .files import read_sae_config
-        from .sae_train import SAETrain, SAETrainConfig, resolve_hook, sae_config
-        from .workflow import corpus_texts, split_held_out
+        from .sources import estimated_source
 
-        cost = workload.figures(0)
-        if cfg.sae is not None:
-            sae = read_sae_config(cfg.sae)
-            hook = cfg.hook or sae.hook
-        else:
-            trainer = workload.planned.get("sae_train")
-            if trainer is None:  # trained here with sae_train's defaults, without its evaluation
-                options = {"corpus": cfg.corpus, "paths": list(cfg.paths), "max_chars": cfg.max_chars,
-                           "held_out": cfg.held_out, "max_length": cfg.max_length, "hook": cfg.hook}  # fmt: skip
-                trainer = SAETrainConfig(**options, evaluate=False, export_saelens=False)
-                cost = cost + SAETrain(trainer).estimate(info, trainer, workload)
-            hook = cfg.hook or resolve_hook(info, trainer.hook, self.name)
-            sae = sae_config(info, trainer, hook)
-        texts = corpus_texts(cfg.corpus, workload.texts, cfg.paths, cfg.max_chars)
-        if cfg.texts == "held_out":
-            texts = split_held_out(texts, cfg.held_out, workload.seed)[1]
-        texts = texts[: cfg.max_texts] if cfg.max_texts else texts
-        lengths = workload.token_lengths(texts, cfg.max_length or workload.max_length)
+        cost, sae, hook, lengths = estimated_source(info, cfg, workload, self.name)
         return cost + sae_eval_cost(workload, hook, lengths, sae.d_in, sae.width, cfg.downstream) + workload.figures(1)
 
     def run(self, ctx: RunContext) -> Result:

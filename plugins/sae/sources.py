@@ -134,3 +134,31 @@ def sae_and_texts(ctx: RunContext, cfg: Any, what: str) -> tuple[SAEChoice, list
                 "raise held_out, give more texts, or set texts=all"
             )
     return choice, texts[: cfg.max_texts] if cfg.max_texts else texts
+
+
+def estimated_source(info: ModelInfo, cfg: Any, workload: Any, what: str) -> tuple[Any, SAEConfig, str, list[int]]:
+    """What `sae_and_texts` will choose, for an estimate (no weights): (the cost of getting the SAE:
+    nothing, or training one here with sae_train's defaults; its config; its hook; the token
+    lengths of the texts it will see). `sae_eval` and `sae_features` estimate through here."""
+    from .files import read_sae_config
+    from .sae_train import SAETrain, SAETrainConfig, resolve_hook, sae_config
+    from .workflow import corpus_texts, split_held_out
+
+    cost = workload.figures(0)
+    if cfg.sae is not None:
+        sae = read_sae_config(cfg.sae)
+        hook = cfg.hook or sae.hook
+    else:
+        trainer = workload.planned.get("sae_train")
+        if trainer is None:  # trained here with sae_train's defaults, without its evaluation
+            options = {"corpus": cfg.corpus, "paths": list(cfg.paths), "max_chars": cfg.max_chars,
+                       "held_out": cfg.held_out, "max_length": cfg.max_length, "hook": cfg.hook}  # fmt: skip
+            trainer = SAETrainConfig(**options, evaluate=False, export_saelens=False)
+            cost = cost + SAETrain(trainer).estimate(info, trainer, workload)
+        hook = cfg.hook or resolve_hook(info, trainer.hook, what)
+        sae = sae_config(info, trainer, hook)
+    texts = corpus_texts(cfg.corpus, workload.texts, cfg.paths, cfg.max_chars)
+    if cfg.texts == "held_out":
+        texts = split_held_out(texts, cfg.held_out, workload.seed)[1]
+    texts = texts[: cfg.max_texts] if cfg.max_texts else texts
+    return cost, sae, hook, workload.token_lengths(texts, cfg.max_length or workload.max_length)
