@@ -208,13 +208,21 @@ def run_cli(argv: list[str]) -> int:
         return EXIT_CONFIG
     sys.argv = [sys.argv[0], *overrides]
     returns: list = []  # the launcher's JobReturns: jobs of joblib/Ray/SLURM ran in other processes
+    crashes: list = []  # a launch that broke while jobs ran (a dead worker), not a refused config
     try:
-        with collect_job_returns(returns):
+        with collect_job_returns(returns, crashes):
             hydra_app()
     except KeyboardInterrupt:
         print("interpsuite: interrupted; finished analyzers are kept in results.json", file=sys.stderr)
         return EXIT_INTERRUPTED
     except SystemExit as stop:
+        if stop.code not in (0, None) and crashes:
+            crash = crashes[0]
+            _error(
+                f"the launcher failed while jobs ran ({type(crash).__name__}: {_first_line(crash)}); "
+                "jobs that finished keep their results.json"
+            )
+            return worst([j.exit_code for j in _JOBS] + [EXIT_FAILED])
         if stop.code not in (0, None) and not _JOBS:
             return EXIT_CONFIG  # Hydra refused the config (multirun) and printed why
         if stop.code not in (0, None):
@@ -225,6 +233,11 @@ def run_cli(argv: list[str]) -> int:
         for job in _JOBS:
             print(f"job {job.number} ({job.overrides or 'no overrides'}): exit code {job.exit_code}")
     return worst([job.exit_code for job in _JOBS])
+
+
+def _first_line(err: BaseException) -> str:
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    return lines[0][:300] if lines else "no message"
 
 
 def yes_override(argv: list[str]) -> list[str]:

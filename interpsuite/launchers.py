@@ -315,17 +315,26 @@ def apply_multirun_group(cfg) -> str | None:
 
 # --- after the multirun -----------------------------------------------------------------------
 @contextlib.contextmanager
-def collect_job_returns(into: list) -> Iterator[list]:
+def collect_job_returns(into: list, crashes: list | None = None) -> Iterator[list]:
     """Gather the JobReturn values of the multirun Hydra runs inside this block into `into`.
 
     Hydra's `main` drops the sweep's returns; this wraps `Hydra.multirun` (hydra-core 1.3, pinned)
-    for the duration of the block so the driver sees every job's outcome, wherever it ran."""
+    for the duration of the block so the driver sees every job's outcome, wherever it ran.
+
+    A launch that raises something other than a configuration error (a joblib or Ray worker that
+    died, a lost cluster) is appended to `crashes`: Hydra turns both kinds into the same
+    `sys.exit(1)`, and the driver must tell a failed job (exit 1) from a refused config (exit 2)."""
     from hydra._internal.hydra import Hydra
 
     original = Hydra.multirun
 
     def multirun(self, *args: Any, **kwargs: Any) -> Any:
-        returns = original(self, *args, **kwargs)
+        try:
+            returns = original(self, *args, **kwargs)
+        except Exception as err:
+            if crashes is not None and not is_config_error(err):
+                crashes.append(err)
+            raise
         into.extend(_flatten(returns))
         return returns
 
@@ -334,6 +343,17 @@ def collect_job_returns(into: list) -> Iterator[list]:
         yield into
     finally:
         Hydra.multirun = original
+
+
+def is_config_error(err: BaseException) -> bool:
+    """Whether Hydra or OmegaConf refused the configuration (composition, overrides, a sweep's
+    values) or our own checks did, as opposed to a launch that broke while jobs ran."""
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    from .errors import InterpsuiteError
+
+    return isinstance(err, (HydraException, OmegaConfBaseException, InterpsuiteError))
 
 
 def _flatten(returns: Any) -> list:

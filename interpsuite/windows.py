@@ -90,15 +90,6 @@ class Window:
         doc = self.document_position(position)
         return doc is not None and self.owned_start <= doc < self.owned_stop
 
-    def to_dict(self) -> dict[str, int]:
-        return {
-            "document": self.document,
-            "start": self.start,
-            "stop": self.stop,
-            "owned_start": self.owned_start,
-            "owned_stop": self.owned_stop,
-        }
-
 
 def plan_windows(n_tokens: int, spec: WindowSpec, document: int = 0, prefix: int = 0) -> list[Window]:
     """The windows of a document of `n_tokens` content tokens; one window when it fits.

@@ -146,6 +146,28 @@ def test_joblib_multirun_exits_with_the_worst_job_code(tmp_path):
     assert "no results.json" in summary.jobs[1].error
 
 
+def test_a_worker_that_dies_is_exit_1_not_a_config_error(tmp_path):
+    """A joblib worker killed mid-job (os._exit in a Hydra callback) breaks the launch itself:
+    Hydra exits 1 for it exactly as for a refused config, and the driver must still say 1."""
+    pytest.importorskip("hydra_plugins.hydra_joblib_launcher")
+    sweep = tmp_path / "sweep"
+    args = [
+        "-m",
+        "hydra/launcher=joblib",
+        "hydra.launcher.n_jobs=2",
+        *JOB,
+        SEEDS,
+        "+hydra.callbacks.die._target_=launcher_crash.DieInJob",
+        "+hydra.callbacks.die.job=1",
+        f"hydra.sweep.dir={sweep}",
+    ]
+    env = {"PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")])}
+    proc = _cli(args, tmp_path, env=env)
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert "interpsuite: error: the launcher failed while jobs ran (TerminatedWorkerError" in proc.stderr
+    assert "jobs that finished keep their results.json" in proc.stderr
+
+
 # --- Ray -------------------------------------------------------------------------------------------
 #: Ray 2.5x turns token authentication on for a cluster it starts when a token exists: the test
 #: cluster always uses its own token (nothing read from or written to ~/.ray)
