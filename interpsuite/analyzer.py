@@ -18,6 +18,7 @@ from omegaconf.errors import OmegaConfBaseException
 from .errors import ConfigError
 from .figures import FigureStyle
 from .hooks import parse_hook_name
+from .progress import ProgressReporter, item_count
 from .results import Result
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -163,6 +164,8 @@ class RunContext:
     show_progress: bool = True
     #: the run directory, for analyzers that write bulk data of their own (activation stores)
     run_dir: Path | None = None
+    #: progress events and cancellation (interpsuite.progress): fed by progress(), bars shown or not
+    reporter: ProgressReporter | None = None
 
     def data_dir(self, analyzer: str) -> Path:
         """A folder for an analyzer's bulk files: <run dir>/data/<analyzer> (a temp dir without a run dir)."""
@@ -180,6 +183,9 @@ class RunContext:
         return iter(self.progress(self.model.batches(texts, self.batch_size, self.max_length), desc, n_batches))
 
     def progress(self, iterable: Iterable, desc: str = "", total: int | None = None) -> Iterable:
+        if self.reporter is not None and self.reporter.active:  # events per item; Cancelled between items
+            total = total if total is not None else item_count(iterable)
+            iterable = self.reporter.track(iterable, desc, total)
         if not self.show_progress:
             return iterable
         from tqdm.auto import tqdm

@@ -87,6 +87,18 @@ def _figures(args: argparse.Namespace) -> int:
     return figures_command(args)
 
 
+def _analyze(args: argparse.Namespace) -> int:
+    from .analyze_command import analyze_command
+
+    return analyze_command(args)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from .serve_command import serve_command
+
+    return serve_command(args)
+
+
 COMMANDS = {
     "plugins": _plugins,
     "models": _models,
@@ -97,6 +109,9 @@ COMMANDS = {
     "sweep-summary": _sweep_summary,
     "merge-shards": _merge_shards,
     "figures": _figures,
+    "analyze": _analyze,
+    "list-models": _models,
+    "serve": _serve,
 }
 
 
@@ -109,6 +124,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("plugins", help="list registered analyzers, sinks and datasets with their distribution")
     sub.add_parser("models", help="list embedded and supported models")
+    sub.add_parser("list-models", help="the same list as `interpsuite models`")
+    from .analyze_command import add_arguments as analyze_arguments
+
+    analyze_arguments(
+        sub.add_parser("analyze", help="analyze a few texts now and print the results (no Hydra run directory)")
+    )
     sub.add_parser("experiments", help="list the experiments (+experiment=NAME), one line each")
     cache = sub.add_parser("cache", help="list, verify or clear converted model weights")
     cache.add_argument("action", choices=("list", "verify", "clear"))
@@ -142,6 +163,9 @@ def build_parser() -> argparse.ArgumentParser:
             help="redraw a run's figures from saved data in a paper/slides/poster style; `figures compose SPEC.yaml`",
         )
     )
+    from .serve_command import add_arguments as serve_arguments
+
+    serve_arguments(sub.add_parser("serve", help="REST/WebSocket API over the analyzers (FastAPI; docs at /docs)"))
     sub.add_parser("run", help="run an experiment (same as python -m interpsuite ...)")
     sub.add_parser("estimate", help="estimate passes, memory, disk and time of a run without running it")
     for name, command in plugin_commands().items():

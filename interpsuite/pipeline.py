@@ -13,6 +13,7 @@ import importlib.util
 import logging
 import random
 import sys
+import threading
 import time
 import traceback
 import warnings
@@ -35,6 +36,7 @@ from .models.loading import load_model
 from .models.placement import resolve_placement
 from .models.usage import InputUsage, record_inputs
 from .plugins import PluginRegistry, get_registry
+from .progress import CANCELLED, Cancelled, CancelToken, ProgressListener, ProgressReporter
 from .results import Result, figures_deferred
 from .settings import (
     BudgetSettings,
@@ -88,8 +90,8 @@ class RunReport:
 
     @property
     def exit_code(self) -> int:
-        """0: every analyzer ok or skipped; 1: one or more failed; 130: interrupted."""
-        if self.payload.get("status") == "interrupted":
+        """0: every analyzer ok or skipped; 1: one or more failed; 130: interrupted or cancelled."""
+        if self.payload.get("status") in ("interrupted", CANCELLED):
             return EXIT_INTERRUPTED
         return EXIT_OK if self.ok else EXIT_FAILED
 
@@ -97,6 +99,9 @@ class RunReport:
 #: exit codes of `python -m interpsuite` (README, docs/reference.md)
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG, EXIT_INTERRUPTED = 0, 1, 2, 130
 log = logging.getLogger("interpsuite")
+#: matplotlib renders (mathtext, layout) unsafely from several threads at once: runs sharing a process
+#: (AnalysisService requests) save their figures one at a time
+_FIGURE_LOCK = threading.RLock()
 
 
 def _analyzer_options(analyzers: Mapping[str, Any] | Sequence[str] | None) -> dict[str, Any]:
@@ -146,6 +151,8 @@ class InterpretabilityPipeline:
         registry: PluginRegistry | None = None,
         budget: BudgetSettings | Mapping[str, Any] | None = None,
         yes: bool = False,
+        listener: ProgressListener | None = None,
+        cancel: CancelToken | None = None,
     ):
         self.model = model
         self.data = as_data_config(data)
@@ -175,6 +182,8 @@ class InterpretabilityPipeline:
         #: resource budget (time_s, memory_gb, disk_gb): a run estimated over it stops unless `yes`
         self.budget = budget if budget is not None else BudgetSettings()
         self.yes = yes
+        #: progress events (interpsuite.progress) and a token that stops the run between progress items
+        self.listener, self.cancel = listener, cancel
 
     # --- construction from Hydra ----------------------------------------------------------
     @classmethod
@@ -421,6 +430,7 @@ class InterpretabilityPipeline:
         )
         run_dir = plan.run_dir
         ctx.run_dir = run_dir
+        ctx.reporter = reporter = ProgressReporter(self.listener, self.cancel)
         estimate = estimate_run(self, plan, ctx, started)  # printed; ConfigError over budget without `yes`
         inputs_entry: dict[str, Any] = {
             "source": plan.inputs.source,
@@ -461,27 +471,43 @@ class InterpretabilityPipeline:
         used = InputUsage()
         running: str | None = None
         try:
+            reporter.emit("run_start", total=len(plan.analyzers) + len(plan.skipped))
             for name, reason in plan.skipped.items():
                 skipped = Result(status="skipped", error=reason)
                 report.results[name] = skipped
                 payload["analyzers"][name] = self._entry(skipped)
+                reporter.analyzer = name
+                reporter.emit("analyzer_end", status="skipped")
             for item in plan.analyzers:
-                running = item.name
+                reporter.analyzer = None
+                reporter.check()
+                running = reporter.analyzer = item.name
+                reporter.emit("analyzer_start")
                 result, usage = self._run_one(item, ctx, run_dir)
                 running = None
                 used.merge(usage)
                 inputs_entry.update({k: v for k, v in used.summary().items() if k != "max_length"})
                 report.results[item.name] = result
                 entry = self._entry(result, usage)
-                with ctx.style.context():  # figures are saved under the rcParams they were drawn with
+                with _FIGURE_LOCK, ctx.style.context():  # saved under the rcParams they were drawn with
                     self._deliver(item.name, result, entry, rundir, sinks, payload["sinks"])
                 payload["analyzers"][item.name] = entry
                 payload["duration_s"] = time.perf_counter() - started
                 self._save(rundir, payload)
                 _close_figures(result)
+                reporter.emit("analyzer_end", status=result.status)
                 if result.status == "failed" and self.fail_fast:
                     raise AnalyzerError(f"analyzer {item.name} failed (fail_fast): {result.error}")
             payload["status"] = "complete"
+        except Cancelled:  # a CancelToken or a listener: like Ctrl-C, but the run returns its report
+            payload["status"] = CANCELLED
+            for item in plan.analyzers:  # the running one and those not started; finished ones are kept
+                if item.name not in payload["analyzers"]:
+                    cut = "cancelled before it finished" if item.name == running else "cancelled before it started"
+                    report.results[item.name] = Result(status="interrupted", error=f"Cancelled: {cut}")
+                    payload["analyzers"][item.name] = self._entry(report.results[item.name])
+            if running is not None:
+                reporter.emit("analyzer_end", status="interrupted")
         except KeyboardInterrupt:
             payload["status"] = "interrupted"
             if running is not None:
@@ -502,6 +528,8 @@ class InterpretabilityPipeline:
                 self._guarded(sink, payload["sinks"], lambda sink=sink: sink.close(payload))
             if any(s["status"] != "ok" for s in payload["sinks"].values()):
                 self._save(rundir, payload)  # the sinks' own failures, on the record
+            reporter.analyzer = None
+            reporter.emit("run_end", status=payload["status"])
         return report
 
     @staticmethod
@@ -542,6 +570,8 @@ class InterpretabilityPipeline:
                 result.status, result.error = "ok", None
                 if ctx.inputs.windows is not None:
                     combine_windows(result, ctx.inputs.windows, item.analyzer.window_outputs)
+            except Cancelled:  # stops the run (recorded by run()), not a failure of this analyzer
+                raise
             except Exception as err:  # recorded as failed; the other analyzers still run
                 self._write_traceback(run_dir, item.name)
                 result = Result.failure(err, 0.0)

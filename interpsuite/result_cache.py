@@ -212,6 +212,11 @@ class ResultCache:
 
     # --- public API -----------------------------------------------------------------------
 
+    def contains(self, key: CacheKey) -> bool:
+        """Whether an entry for `key` is on disk: a peek that counts no hit or miss and leaves the
+        LRU order alone (a server uses it to route a request; `get` still checks the entry)."""
+        return (self._folder(key.digest()) / ENTRY_FILE).is_file()
+
     def get(self, key: CacheKey) -> CachedResult | None:
         """The cached result for `key` (its use recorded), or None; a damaged entry is removed and is a miss."""
         digest = key.digest()

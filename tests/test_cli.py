@@ -13,7 +13,7 @@ from interpsuite.hookspecs import hookimpl
 def test_every_subcommand_is_wired():
     expected = {
         "plugins", "models", "experiments", "cache", "new-plugin", "compare", "sweep-summary", "merge-shards",
-        "figures", "run", "estimate",
+        "figures", "run", "estimate", "analyze", "list-models", "serve",
     }  # fmt: skip
     assert set(COMMANDS) | {"run", "estimate"} == expected
     assert "130 interrupted" in build_parser().epilog

@@ -282,6 +282,18 @@ def test_stats_count_exactly(tmp_path):
     assert json.loads(json.dumps(stats.to_dict())) == stats.to_dict()
 
 
+def test_contains_is_a_peek(tmp_path):
+    """contains() answers without counting a hit or miss and without changing the LRU order."""
+    cache = ResultCache(tmp_path / "cache")
+    _put(cache, 0, tmp_path)
+    _put(cache, 1, tmp_path)
+    order = cache._read_index().entries  # noqa: SLF001 - the order itself is what is checked
+    before = {d: m["seq"] for d, m in order.items()}
+    assert cache.contains(_key(0)) and not cache.contains(_key(2))
+    assert {d: m["seq"] for d, m in cache._read_index().entries.items()} == before
+    assert (cache.stats().hits, cache.stats().misses) == (0, 0)
+
+
 def test_clear_removes_every_entry(tmp_path):
     cache = ResultCache(tmp_path / "cache")
     for i in range(3):
