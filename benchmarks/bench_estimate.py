@@ -111,7 +111,13 @@ def compare(experiment: str, separate: Any, child: dict) -> dict:
     """Per analyzer and in total: estimate, actual, ratio."""
     payloads = [json.loads(p.read_text()) for p in results_files(Path(child["run_dir"]))]
     embedded = [p["estimate"] for p in payloads if p.get("estimate")]
-    if embedded:
+    trains = any(
+        a["name"] == "training" for e in (separate if isinstance(separate, list) else [separate or {}])
+        for a in e.get("analyzers", [])
+    )  # fmt: skip
+    if trains:  # the nested results.json are the monitor's steps: the estimate covers the training too
+        payloads = []
+    if embedded and not trains:
         estimates, source = embedded, "recorded in results.json by the run"
     else:
         estimates = separate if isinstance(separate, list) else [separate] if separate else []
