@@ -109,7 +109,13 @@ def results_files(run_dir: Path) -> list[Path]:
 
 def compare(experiment: str, separate: Any, child: dict) -> dict:
     """Per analyzer and in total: estimate, actual, ratio."""
-    payloads = [json.loads(p.read_text()) for p in results_files(Path(child["run_dir"]))]
+    files = results_files(Path(child["run_dir"]))
+    payloads = [json.loads(p.read_text()) for p in files]
+    covering = None
+    if len(files) > 1 and files[0] == Path(child["run_dir"]) / "results.json":
+        # a run made of runs (temporal: one per checkpoint, then its summary): the top results.json
+        # times the whole of it; adding the nested runs' durations would count them twice
+        covering, payloads = payloads[0], payloads[1:]
     embedded = [p["estimate"] for p in payloads if p.get("estimate")]
     trains = any(
         a["name"] == "training" for e in (separate if isinstance(separate, list) else [separate or {}])
@@ -119,6 +125,7 @@ def compare(experiment: str, separate: Any, child: dict) -> dict:
         payloads = []
     if embedded and not trains:
         estimates, source = embedded, "recorded in results.json by the run"
+        payloads = [p for p in payloads if p.get("estimate")]  # each paired with its own estimate
     else:
         estimates = separate if isinstance(separate, list) else [separate] if separate else []
         source = "interpsuite estimate (separate process)"
@@ -140,6 +147,8 @@ def compare(experiment: str, separate: Any, child: dict) -> dict:
             )
     estimated_time = sum((e.get("time_s") or 0.0) for e in estimates) or None
     actual_time = sum(p.get("duration_s", 0.0) for p in payloads) or None
+    if covering is not None:
+        actual_time = covering.get("duration_s") or actual_time
     if not payloads:  # a training experiment: its record holds only the summary
         actual_time = child.get("process_s")
     estimated_memory = max((e["memory_bytes"] for e in estimates), default=None)
