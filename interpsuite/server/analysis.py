@@ -58,14 +58,6 @@ def submit(state: ServerState, work: Callable[[Loaded, CancelToken], Any], descr
         raise ApiError(409, str(err)) from None
 
 
-def all_cached(service: Any, texts: Sequence[str], analyzers: Mapping[str, Any]) -> bool:
-    """True when every analyzer's result is in the cache, so the request needs no forward pass and
-    may skip the queue (`AnalysisService.cached`, a peek that counts no hit or miss). An entry
-    evicted between this peek and the lookup makes the analysis run outside the pool once: rare,
-    and still bounded by the time budget."""
-    return bool(service.cached(texts, analyzers))
-
-
 async def run_cached(
     service: Any, texts: Sequence[str], analyzers: Mapping[str, Any], settings: ServerSettings, until: float
 ) -> Any:

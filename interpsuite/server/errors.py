@@ -137,6 +137,20 @@ def install_error_handlers(app: FastAPI) -> None:
         return error_response(exc.status_code, message, headers=exc.headers)
 
 
+class ResponseTracker:
+    """`send` for the app inside a middleware, remembering whether the response has started: after
+    that, a middleware can no longer answer with an error of its own."""
+
+    def __init__(self, send: Send) -> None:
+        self.send = send
+        self.started = False
+
+    async def __call__(self, message: Message) -> None:
+        if message["type"] == "http.response.start":
+            self.started = True
+        await self.send(message)
+
+
 class UnexpectedErrorMiddleware:
     """Outermost guard for HTTP: an exception nobody handled becomes a 500 JSON with an id.
 
@@ -150,20 +164,13 @@ class UnexpectedErrorMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        started = False
-
-        async def tracking_send(message: Message) -> None:
-            nonlocal started
-            if message["type"] == "http.response.start":
-                started = True
-            await send(message)
-
+        tracker = ResponseTracker(send)
         try:
-            await self.app(scope, receive, tracking_send)
+            await self.app(scope, receive, tracker)
         except Exception:
             error_id = uuid.uuid4().hex[:12]
             log.exception("unexpected error id=%s on %s %s", error_id, scope.get("method"), scope.get("path"))
-            if started:  # the response is half sent: nothing to repair, the client sees a cut connection
+            if tracker.started:  # the response is half sent: nothing to repair, the client sees a cut connection
                 return
             response = error_response(500, internal_message(error_id), error_id=error_id)
             await response(scope, receive, send)

@@ -14,7 +14,7 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..errors import ConfigError
-from .errors import error_response
+from .errors import ResponseTracker, error_response
 
 #: (method, path) reachable without the token: a load balancer's liveness probe
 PUBLIC = frozenset({("GET", "/health"), ("HEAD", "/health")})
@@ -106,7 +106,6 @@ class BodyLimitMiddleware:
                 await error_response(413, BodyTooLarge(self.max_bytes).detail)(scope, receive, send)
                 return
         received = 0
-        started = False
 
         async def counting_receive() -> Message:
             nonlocal received
@@ -117,15 +116,10 @@ class BodyLimitMiddleware:
                     raise BodyTooLarge(self.max_bytes)  # FastAPI re-raises HTTPExceptions from the body read
             return message
 
-        async def tracking_send(message: Message) -> None:
-            nonlocal started
-            if message["type"] == "http.response.start":
-                started = True
-            await send(message)
-
+        tracker = ResponseTracker(send)
         try:
-            await self.app(scope, counting_receive, tracking_send)
+            await self.app(scope, counting_receive, tracker)
         except BodyTooLarge as err:  # read outside FastAPI's body parsing: answer here
-            if started:
+            if tracker.started:
                 raise
             await error_response(413, err.detail)(scope, receive, send)

@@ -10,7 +10,7 @@ from typing import Any
 from fastapi import APIRouter, Depends
 from starlette.concurrency import run_in_threadpool
 
-from ..analysis import all_cached, check_limits, check_request, deadline, outcome_json, run_cached, submit, wait
+from ..analysis import check_limits, check_request, deadline, outcome_json, run_cached, submit, wait
 from ..schemas import RequestSchemas
 from ..state import Loaded, ServerState
 from .deps import get_state
@@ -38,7 +38,7 @@ def build_router(schemas: RequestSchemas) -> APIRouter:
         check_limits(state.settings, [texts])
         service = state.current().service
         await run_in_threadpool(check_request, service, texts, analyzers)
-        if await run_in_threadpool(all_cached, service, texts, analyzers):  # no forward pass: skip the queue
+        if await run_in_threadpool(service.cached, texts, analyzers):  # no forward pass: skip the queue (a peek)
             return outcome_json(await run_cached(service, texts, analyzers, state.settings, until))
 
         def work(loaded: Loaded, cancel: Any) -> Any:
