@@ -30,6 +30,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--cors-origin", action="extend", nargs="+", default=[], metavar="URL", help="allow these browser origins"
     )
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds an analysis may take (default 300)")
+    parser.add_argument(
+        "--artifact-dir",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="a folder SAEs, failure predictors and anomaly detectors may be loaded from (repeatable; runs-dir always)",
+    )
+    parser.add_argument("--exports-dir", default=None, help="where export endpoints write (default ./interpsuite-exports)")
     parser.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))
 
 
@@ -46,7 +54,10 @@ def settings_from_args(args: argparse.Namespace):
         queue=args.queue,
         cors_origins=tuple(args.cors_origin),
         request_timeout_s=args.timeout,
+        artifact_dirs=tuple(Path(folder) for folder in args.artifact_dir),
     )
+    if args.exports_dir:
+        settings.exports_dir = Path(args.exports_dir)
     if args.runs_dir:
         settings.runs_dir = Path(args.runs_dir)
     if args.cache_dir:

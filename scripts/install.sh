@@ -13,7 +13,7 @@ if ! "$PYTHON" -c "import torch" 2>/dev/null; then
     pip_install "${TORCH_SPEC:-torch==2.13.0}"
 fi
 extras=""
-if [[ "${1:-}" == "--test" ]]; then extras="[test,lightning,sae,browser,joblib,ray,server]"; fi
+if [[ "${1:-}" == "--test" ]]; then extras="[test,lightning,sae,browser,joblib,ray,server,peft]"; fi
 pip_install -e ".${extras}"
 # Browser tests drive Debian's chromium through playwright (no browser download). Where it
 # cannot be installed (no apt-get, no root) those tests skip and say why.

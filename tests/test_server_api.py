@@ -9,6 +9,7 @@ response hook on each client. Slow analyses are a test analyzer, `test_gate`, th
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
 from collections.abc import Iterator
@@ -345,7 +346,7 @@ def test_limits_answer_413(make_client):
 def test_token_required_except_health(make_client):
     client = make_client(token=TOKEN)
     assert client.get("/health").status_code == 200
-    for method, path in (("GET", "/models"), ("GET", "/runs"), ("POST", "/analyze"), ("GET", "/openapi.json")):
+    for method, path in (("GET", "/models"), ("GET", "/runs"), ("POST", "/analyze"), ("GET", "/runs/x/files/a")):
         response = client.request(method, path)
         assert "bearer token" in error(response, 401, "unauthorized")
         assert response.headers["www-authenticate"] == "Bearer"
@@ -361,6 +362,28 @@ def test_token_required_except_health(make_client):
     with client.websocket_connect("/ws", headers=good) as ws:
         ws.send_json({"type": "ping", "id": 1})
         assert ws.receive_json() == {"type": "pong", "id": 1}
+    # a browser's WebSocket cannot send headers: the token may come as ?token= (on /ws only)
+    with client.websocket_connect(f"/ws?token={TOKEN}") as ws:
+        ws.send_json({"type": "ping", "id": 2})
+        assert ws.receive_json() == {"type": "pong", "id": 2}
+    with pytest.raises(WebSocketDisconnect):
+        with client.websocket_connect("/ws?token=wrong") as ws:
+            ws.receive_json()
+    assert client.get(f"/models?token={TOKEN}").status_code == 401  # not for HTTP: headers work there
+    # pages that hold no data load without it (a browser cannot add a header to the page it opens)
+    for path in ("/docs", "/openapi.json", "/docs-static/swagger-ui.css"):
+        assert client.get(path).status_code == 200, path
+    assert client.post("/docs").status_code in (401, 405)
+
+
+def test_docs_page_works_offline(client):
+    page = client.get("/docs").text
+    assets = re.findall(r"""(?:src|href)\s*=\s*["']([^"']+)["']""", page)
+    assert assets and all(url.startswith("/docs-static/") for url in assets), assets
+    assert "http://" not in page.replace("http://localhost", "") and "https://" not in page
+    for url in assets:
+        assert client.get(url).status_code == 200, url
+    assert "openapi.json" in page
 
 
 def test_cors_closed_by_default_and_open_for_given_origins(make_client):

@@ -17,8 +17,9 @@ from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
 
 from .. import __version__
+from .docs import install_offline_docs
 from .errors import UnexpectedErrorMiddleware, install_error_handlers
-from .routes import analyze, cache, health, models, runs, ws
+from .routes import analyze, cache, dashboard, health, models, pruning, runs, safety, workbench, ws
 from .schemas import RequestSchemas
 from .security import BodyLimitMiddleware, TokenAuthMiddleware
 from .settings import ServerSettings
@@ -52,7 +53,15 @@ def create_app(settings: ServerSettings | None = None, *, registry: Any = None, 
         finally:
             await run_in_threadpool(state.close)
 
-    app = FastAPI(title="interpsuite", version=__version__, description=DESCRIPTION, lifespan=lifespan)
+    app = FastAPI(
+        title="interpsuite",
+        version=__version__,
+        description=DESCRIPTION,
+        lifespan=lifespan,
+        docs_url=None,  # FastAPI's default /docs loads Swagger UI from a CDN: served offline below
+        redoc_url=None,
+    )
+    install_offline_docs(app)
     app.state.settings = settings
     app.state.explain_validation = schemas.explain
     install_error_handlers(app)
@@ -62,7 +71,11 @@ def create_app(settings: ServerSettings | None = None, *, registry: Any = None, 
         analyze.build_router(schemas),
         cache.router,
         runs.router,
+        safety.router,
+        pruning.router,
+        workbench.router,
         ws.build_router(),
+        dashboard.router,  # last: it serves `/` and the static files
     ):
         app.include_router(router)
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import hmac
 from pathlib import Path
 
-from starlette.datastructures import Headers
+from starlette.datastructures import Headers, QueryParams
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -18,6 +18,18 @@ from .errors import ResponseTracker, error_response
 
 #: (method, path) reachable without the token: a load balancer's liveness probe
 PUBLIC = frozenset({("GET", "/health"), ("HEAD", "/health")})
+#: GET paths (prefixes) reachable without the token: the dashboard's shell and the API docs page.
+#: They hold no data and run nothing; everything they fetch afterwards sends the token. A browser
+#: cannot add a header to the page it opens, so these must load before the user gives the token.
+PUBLIC_PAGES = ("/", "/static/", "/docs", "/docs/", "/docs-static/", "/openapi.json")
+
+
+def is_public(method: str, path: str) -> bool:
+    if (method, path) in PUBLIC:
+        return True
+    if method not in ("GET", "HEAD"):
+        return False
+    return any(path == page or (page.endswith("/") and page != "/" and path.startswith(page)) for page in PUBLIC_PAGES)
 
 
 def read_token_file(path: str | Path) -> str:
@@ -60,9 +72,7 @@ class TokenAuthMiddleware:
             await self.app(scope, receive, send)
             return
         method = scope.get("method", "GET") if scope["type"] == "http" else "WEBSOCKET"
-        if (method, scope.get("path", "")) in PUBLIC or token_matches(
-            Headers(scope=scope).get("authorization"), self.token
-        ):
+        if is_public(method, scope.get("path", "")) or self._authorised(scope):
             await self.app(scope, receive, send)
             return
         if scope["type"] == "websocket":  # closing before accept: the handshake is refused (HTTP 403)
@@ -74,6 +84,16 @@ class TokenAuthMiddleware:
             headers={"WWW-Authenticate": "Bearer"},
         )
         await response(scope, receive, send)
+
+
+    def _authorised(self, scope: Scope) -> bool:
+        if token_matches(Headers(scope=scope).get("authorization"), self.token):
+            return True
+        if scope["type"] != "websocket":
+            return False
+        # a browser's WebSocket cannot send headers: it gives the token as ?token= on the /ws URL
+        given = QueryParams(scope.get("query_string", b"").decode("latin-1")).get("token")
+        return given is not None and hmac.compare_digest(given.encode("utf-8"), self.token.encode("utf-8"))
 
 
 class BodyTooLarge(HTTPException):

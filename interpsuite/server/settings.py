@@ -67,12 +67,19 @@ class ServerSettings:
     draw_figures: bool = True
     #: model names POST /models/switch accepts besides the embedded ones (the startup model is always one)
     extra_models: tuple[str, ...] = ()
+    #: folders (besides runs_dir) that saved artifacts may be loaded from by a relative path:
+    #: SAEs (POST /load-sae), failure predictors, anomaly detectors, patch files
+    artifact_dirs: tuple[Path, ...] = ()
+    #: where export endpoints write (pruned models, SAE patches, LoRA adapters); names are confined to it
+    exports_dir: Path = field(default_factory=lambda: Path("interpsuite-exports"))
 
     def __post_init__(self) -> None:
         self.runs_dir = Path(self.runs_dir)
         self.cache_dir = Path(self.cache_dir)
         self.cors_origins = tuple(self.cors_origins)
         self.extra_models = tuple(self.extra_models)
+        self.artifact_dirs = tuple(Path(folder) for folder in self.artifact_dirs)
+        self.exports_dir = Path(self.exports_dir)
 
     def check(self) -> ServerSettings:
         """Refuse settings that cannot work or are unsafe (one line each); returns self."""
