@@ -2,7 +2,7 @@
 
 `with model.sae_splice(sae, "blocks.6.resid_post") as s:` replaces the activation at that
 hook point with the SAE's reconstruction, edits its features (`set_feature`, `scale_feature`,
-`ablate`, `toggle`) and runs prompts, returning the logits, the top-k next tokens and the
+`add_feature`, `ablate`, `toggle`) and runs prompts, returning the logits, the top-k next tokens and the
 feature activations (edited and clean).
 
 Why the error term is kept by default: an SAE reconstructs its input only approximately,
@@ -46,10 +46,12 @@ _D_MLP_SITES = ("mlp.pre", "mlp.up", "mlp.post")
 @dataclass(frozen=True)
 class FeatureEdit:
     """One feature's edit: `kind` "set" writes `value` at every position, "scale" multiplies
-    the feature's activation by `value`; a disabled edit is kept (for `toggle`) but not applied."""
+    the feature's activation by `value`, "add" adds `value` to it (with a linear decoder: the
+    steering vector `value * W_dec[feature]` added at every position, input-independent, so the
+    one kind a weight edit can express); a disabled edit is kept (for `toggle`) but not applied."""
 
     feature: int
-    kind: Literal["set", "scale"]
+    kind: Literal["set", "scale", "add"]
     value: float
     enabled: bool = True
 
@@ -190,6 +192,11 @@ class SAESplice:
         self._edits[self._feature(i)] = FeatureEdit(int(i), "scale", _finite(k, f"the factor for feature {i}"))
         return self
 
+    def add_feature(self, i: int, value: float) -> SAESplice:
+        """Add `value` to feature i's activation at every position (steering along its decoder row)."""
+        self._edits[self._feature(i)] = FeatureEdit(int(i), "add", _finite(value, f"the value for feature {i}"))
+        return self
+
     def ablate(self, i: int) -> SAESplice:
         """Feature i off everywhere (= set_feature(i, 0))."""
         return self.set_feature(i, 0.0)
@@ -198,7 +205,9 @@ class SAESplice:
         """Switch feature i's edit off (or on again); `on` forces a state."""
         i = self._feature(i)
         if i not in self._edits:
-            raise ConfigError(f"feature {i} has no edit to toggle; set one first (set_feature, scale_feature, ablate)")
+            raise ConfigError(
+                f"feature {i} has no edit to toggle; set one first (set_feature, scale_feature, add_feature, ablate)"
+            )
         edit = self._edits[i]
         enabled = (not edit.enabled) if on is None else bool(on)
         self._edits[i] = FeatureEdit(edit.feature, edit.kind, edit.value, enabled)
@@ -232,7 +241,7 @@ class SAESplice:
         if not active:
             return features
         out = features.clone()
-        for kind in ("set", "scale"):
+        for kind in ("set", "scale", "add"):
             chosen = [e for e in active if e.kind == kind]
             if not chosen:
                 continue
@@ -240,8 +249,10 @@ class SAESplice:
             values = torch.tensor([e.value for e in chosen], device=out.device, dtype=out.dtype)
             if kind == "set":
                 out[..., index] = values
-            else:
+            elif kind == "scale":
                 out[..., index] = out[..., index] * values
+            else:
+                out[..., index] = out[..., index] + values
         return out
 
     # --- SAE calls ------------------------------------------------------------------------

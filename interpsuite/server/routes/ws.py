@@ -6,6 +6,8 @@ Messages in (JSON text frames):
   for each progress event, then `{"type": "result", "id", ...outcome}`.
 - `{"type": "cancel", "id": ...}`: cancel that analysis (answered by its result, status cancelled).
 - `{"type": "ping"}`: `{"type": "pong"}`.
+- `{"type": "inference" | "patch", ...}`: the SAE workbench (routes/workbench.py `ws_message`); an
+  inference also makes its prompt this connection's live prompt, re-sent after every patch change.
 Anything else (not JSON, not an object, unknown type, invalid request) answers
 `{"type": "error", "id", "error", "message"}` and the connection stays open. Several analyses
 may run on one connection; a disconnect cancels every analysis it started.
@@ -32,6 +34,7 @@ from ..analysis import cancel, check_limits, check_request, deadline, outcome_js
 from ..errors import ApiError, error_body, internal_message, validation_message
 from ..jobs import Job
 from ..state import Loaded, ServerState
+from . import workbench
 
 log = logging.getLogger("interpsuite.server")
 
@@ -77,8 +80,13 @@ class Connection:
                 cancel(job)
         elif kind == "ping":
             await self.send({"type": "pong", "id": message_id})
+        elif kind in ("inference", "patch"):
+            task = asyncio.create_task(workbench.ws_message(self, message))
+            self.tasks.add(task)
+            task.add_done_callback(self.tasks.discard)
         else:
-            await self.error(message_id, "bad_message", f"unknown message type {kind!r}; send analyze, cancel or ping")
+            known = "analyze, cancel, inference, patch or ping"
+            await self.error(message_id, "bad_message", f"unknown message type {kind!r}; send {known}")
 
     async def analyze(self, message: dict) -> None:
         message_id = message.get("id")
@@ -155,6 +163,7 @@ class Connection:
 
     def close(self) -> None:
         """The client left: cancel every analysis it started (each stops at its next progress item)."""
+        workbench.forget(self)
         for job in self.jobs.values():
             cancel(job)
         for task in self.tasks:
