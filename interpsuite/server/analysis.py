@@ -46,10 +46,13 @@ def check_request(service: Any, texts: Sequence[str], analyzers: Mapping[str, An
         raise
 
 
-def submit(state: ServerState, work: Callable[[Loaded, CancelToken], Any], description: str = "") -> Job:
-    """Queue the work; 503 + Retry-After when full, 409 while the model is being switched."""
+def submit(
+    state: ServerState, work: Callable[[Loaded, CancelToken], Any], description: str = "", *, exclusive: bool = False
+) -> Job:
+    """Queue the work; 503 + Retry-After when full, 409 while the model is being switched.
+    `exclusive`: the work changes the model's weights in place (see `gate.ModelGate`)."""
     try:
-        return state.submit(work, description)
+        return state.submit(work, description, exclusive=exclusive)
     except QueueFull as err:
         raise ApiError(503, str(err), headers={"Retry-After": str(state.settings.retry_after_s)}) from None
     except PoolClosed as err:

@@ -19,7 +19,7 @@ from starlette.concurrency import run_in_threadpool
 from .. import __version__
 from .docs import install_offline_docs
 from .errors import UnexpectedErrorMiddleware, install_error_handlers
-from .routes import analyze, cache, dashboard, health, models, pruning, runs, safety, workbench, ws
+from .routes import analyze, cache, dashboard, health, models, pruning, runs, sae_training, safety, workbench, ws
 from .schemas import RequestSchemas
 from .security import BodyLimitMiddleware, TokenAuthMiddleware
 from .settings import ServerSettings
@@ -74,6 +74,7 @@ def create_app(settings: ServerSettings | None = None, *, registry: Any = None, 
         safety.router,
         pruning.router,
         workbench.router,
+        sae_training.router,
         ws.build_router(),
         dashboard.router,  # last: it serves `/` and the static files
     ):

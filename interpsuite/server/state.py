@@ -18,6 +18,7 @@ from ..analysis_service import AnalysisService
 from ..errors import ConfigError
 from ..progress import CancelToken
 from ..result_cache import ResultCache
+from .gate import ModelGate
 from .jobs import Job, JobPool
 from .schemas import RequestSchemas
 from .settings import ServerSettings
@@ -44,6 +45,8 @@ class ServerState:
         self.started = time.monotonic()
         self.cache = ResultCache(settings.cache_dir, max_bytes=settings.cache_max_bytes)
         self.pool = JobPool(settings.workers, settings.queue)
+        #: forward passes share the model; jobs that prune its weights in place hold it alone
+        self.gate = ModelGate()
         self._lock = threading.Lock()
         self.switching: str | None = None
         model = model if model is not None else load(settings.model)
@@ -69,14 +72,23 @@ class ServerState:
     def uptime_s(self) -> float:
         return time.monotonic() - self.started
 
-    def submit(self, work: Callable[[Loaded, CancelToken], Any], description: str = "") -> Job:
+    def submit(
+        self, work: Callable[[Loaded, CancelToken], Any], description: str = "", *, exclusive: bool = False
+    ) -> Job:
         """Queue `work(loaded, cancel)` on the pool with the current model (QueueFull when full;
-        RuntimeError while a model switch is in progress)."""
+        RuntimeError while a model switch is in progress). It runs holding the model gate: shared,
+        or alone with `exclusive` (work that changes the weights in place)."""
+        hold = self.gate.exclusive if exclusive else self.gate.shared
+
+        def run(cancel: CancelToken) -> Any:
+            with hold():
+                return work(loaded, cancel)
+
         with self._lock:
             if self.switching is not None:
                 raise RuntimeError(f"the server is switching to model {self.switching}; retry when it is done")
             loaded = self._loaded
-            return self.pool.submit(lambda cancel: work(loaded, cancel), description)
+            return self.pool.submit(run, description)
 
     def allowed_models(self) -> list[str]:
         from ..models.sources import EMBEDDED

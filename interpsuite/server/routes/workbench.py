@@ -121,9 +121,10 @@ def answer(state: ServerState, text: str, k: int) -> dict[str, Any]:
     check_limits(state.settings, [[text]])
     model = state.current().model
     wb = hub(state).workbench(model)
-    if wb is None:
-        return _engine().plain_inference(model, text, k)
-    return wb.inference(text, k)
+    with state.gate.shared():  # never a forward pass while a pruning job has the weights masked
+        if wb is None:
+            return _engine().plain_inference(model, text, k)
+        return wb.inference(text, k)
 
 
 def _patch_json(patch: Any) -> dict[str, Any]:
