@@ -37,7 +37,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="DIR",
         help="a folder SAEs, failure predictors and anomaly detectors may be loaded from (repeatable; runs-dir always)",
     )
-    parser.add_argument("--exports-dir", default=None, help="export endpoints write here (default ./interpsuite-exports)")
+    parser.add_argument("--exports-dir", default=None, help="exports go here (default ./interpsuite-exports)")
     parser.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))
 
 
