@@ -3,13 +3,17 @@
 Three measurements, side by side in one run (SmolLM2 by default, `--model` for another):
 
 1. **Live patch -> new logits.** A slider on one SAE feature: the patch value changes every time
-   and the new next-token logits of a fixed 32-token prompt are awaited. Timed at three levels on
+   and the new next-token logits of a fixed 32-token prompt are awaited. Timed at four levels on
    the same SAE, prompt and values, so the server's own overhead shows:
    - `splice`: the core, `model.sae_splice(sae)`: `set_feature(f, v)` + `run(prompt)`;
    - `workbench`: the engine the server calls, `Workbench.update(patch, value)` + `inference(prompt)`
      (adds the top-k, token strings and active features of the JSON answer);
    - `websocket`: a real server in its own process, a client on /ws sending
-     `{"type": "patch", "patch_id", "value"}` and waiting for the pushed `{"type": "logits"}`.
+     `{"type": "patch", "patch_id", "value"}` and waiting for the pushed `{"type": "logits"}`;
+   - `browser`: Debian's chromium (playwright) on the dashboard's SAE workbench view, same server:
+     the slider's input event to the prediction table showing the new top-10, timed inside the
+     page with performance.now() (`browser_patch_to_logits`; skipped, with the reason, without
+     playwright or /usr/bin/chromium, or with --no-browser).
    The SAE is random (relu, `--sae-width` latents at `blocks.{L}.resid_post`, L the middle
    layer): latency depends on the width and the hook point, not on what the SAE learned. The
    JSON says so (`sae.weights: "random"`). Target: median < 100 ms (the spec asks < 400 ms).
@@ -28,6 +32,7 @@ server do not share an interpreter lock. Results: benchmarks/results/server.json
     python benchmarks/bench_server.py                      # SmolLM2: a few minutes on 2 cores
     python benchmarks/bench_server.py --quick              # smoke run: tiny sizes
     python benchmarks/bench_server.py --model tiny_llama --quick
+    python benchmarks/bench_server.py --no-browser         # without chromium
 """
 
 from __future__ import annotations
@@ -278,6 +283,208 @@ async def websocket_latency(url: str, prompt: str, values: list[float]) -> dict[
     }
 
 
+# --- 1c. patch -> logits in the browser (the dashboard's SAE workbench) --------------------------------
+
+CHROMIUM = Path("/usr/bin/chromium")
+#: the most a single slider step may wait for its answer: a broken page fails instead of hanging
+STEP_TIMEOUT_MS = 60_000
+#: probabilities shown by the page and returned by POST /inference are the same float64 through JSON;
+#: the tolerance only guards against a last-bit difference between two identical forward passes
+PROB_TOL = 1e-6
+
+# One slider step, timed inside the page: set the value, dispatch the `input` event the dashboard
+# listens to, and resolve from a MutationObserver on the prediction box as soon as the table shows
+# the expected top-10 (ids and probabilities) for that value. Only `performance.now()` inside the
+# page is counted, never playwright's own round trips.
+_STEP_JS = """
+async ({patchId, value, expected, tol, timeoutMs}) => {
+  const slider = document.querySelector(`#wb-patches input.patch-value[data-patch="${CSS.escape(patchId)}"]`);
+  if (!slider) throw new Error(`no slider for patch ${patchId}`);
+  const box = document.getElementById("wb-top-box");
+  const shown = () => [...box.querySelectorAll("#wb-top tr.top-row")]
+    .map((r) => [Number(r.dataset.id), Number(r.dataset.value), r.dataset.token]);
+  const matches = () => {
+    const rows = shown();
+    return rows.length === expected.length
+      && rows.every(([id, p], i) => id === expected[i][0] && Math.abs(p - expected[i][1]) <= tol);
+  };
+  if (matches()) throw new Error(`the page already shows the answer for ${value}: nothing to time`);
+  return await new Promise((resolve, reject) => {
+    let start = 0;
+    const observer = new MutationObserver(() => {
+      if (!matches()) return;
+      const ms = performance.now() - start;
+      observer.disconnect();
+      clearTimeout(timer);
+      resolve({ms, sent: Number(slider.value), shown: shown()});
+    });
+    const timer = setTimeout(() => {
+      observer.disconnect();
+      reject(new Error(`no answer for ${value} within ${timeoutMs} ms; shown ${JSON.stringify(shown())}`));
+    }, timeoutMs);
+    observer.observe(box, {childList: true, subtree: true, attributes: true, characterData: true});
+    slider.value = String(value);
+    if (Number(slider.value) !== value) {
+      observer.disconnect();
+      clearTimeout(timer);
+      reject(new Error(`the slider holds ${slider.value}, not ${value}`));
+      return;
+    }
+    start = performance.now();
+    slider.dispatchEvent(new Event("input", {bubbles: true}));
+  });
+}
+"""
+
+# The dashboard's slider steps by range/200 (range: ten times the feature's max activation); the
+# benchmark sends exactly the values the other levels use, so the slider takes any value in their span.
+_WIDEN_JS = """
+([patchId, low, high]) => {
+  const slider = document.querySelector(`#wb-patches input.patch-value[data-patch="${CSS.escape(patchId)}"]`);
+  if (!slider) throw new Error(`no slider for patch ${patchId}`);
+  const before = {min: slider.min, max: slider.max, step: slider.step, value: slider.value};
+  slider.step = "any";
+  slider.min = String(Math.min(Number(slider.min), low));
+  slider.max = String(Math.max(Number(slider.max), high));
+  return before;
+}
+"""
+
+_SHOWS_JS = """
+([expected, tol]) => {
+  const rows = [...document.querySelectorAll("#wb-top tr.top-row")];
+  return rows.length === expected.length && rows.every((r, i) =>
+    Number(r.dataset.id) === expected[i][0] && Math.abs(Number(r.dataset.value) - expected[i][1]) <= tol);
+}
+"""
+
+
+def browser_missing() -> str | None:
+    """Why the browser part cannot run here, or None."""
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        return "playwright is not installed (pip install playwright)"
+    if not CHROMIUM.exists():
+        return f"no {CHROMIUM} (apt-get install chromium)"
+    return None
+
+
+def expected_answers(client: Any, patch_id: str, prompt: str, values: Sequence[float]) -> dict[float, dict]:
+    """POST /inference for each distinct value (the patch set through REST first): the top-10 the page
+    must show for it. Run while no browser watches, so no push competes with it."""
+    answers = {}
+    for value in dict.fromkeys(values):
+        check(client.patch(f"/patch/{patch_id}", json={"value": value}))
+        answers[value] = check(client.post("/inference", json={"text": prompt, "k": 10}))
+    return answers
+
+
+def _pairs(answer: dict) -> list[list]:
+    return [[entry["id"], entry["prob"]] for entry in answer["top"]]
+
+
+def _same_pairs(a: list[list], b: list[list]) -> bool:
+    """The same top-k ids in order, probabilities within PROB_TOL (what the page check tests)."""
+    return len(a) == len(b) and all(x[0] == y[0] and abs(x[1] - y[1]) <= PROB_TOL for x, y in zip(a, b, strict=True))
+
+
+def browser_latency(url: str, client: Any, prompt: str, values: list[float]) -> dict[str, Any]:
+    """Patch -> displayed logits in Debian's chromium driving the dashboard's SAE workbench view, on
+    the server the websocket part used (SAE loaded, the patch on FEATURE at values[-1])."""
+    missing = browser_missing()
+    if missing is not None:
+        return {"status": "skipped", "reason": missing}
+    from playwright.sync_api import Error as PlaywrightError
+    from playwright.sync_api import sync_playwright
+
+    patch = next(p for p in check(client.get("/patches"))["patches"] if p["feature"] == FEATURE)
+    start_value = values[-1]  # where the websocket part left the slider; values[0] differs from it
+    if values[0] == start_value:
+        raise RuntimeError("the slider's first value must differ from where the websocket part left it")
+    answers = expected_answers(client, patch["id"], prompt, [start_value, *values])
+    check(client.patch(f"/patch/{patch['id']}", json={"value": start_value}))
+    for before, after in zip([start_value, *values[:-1]], values, strict=True):
+        if _same_pairs(_pairs(answers[before]), _pairs(answers[after])):
+            raise RuntimeError(f"values {before} and {after} give the same top-10: the page change cannot be seen")
+
+    problems: list[str] = []
+    with sync_playwright() as p:
+        try:
+            browser = p.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox"])
+        except PlaywrightError as err:
+            return {"status": "skipped", "reason": f"chromium did not start: {str(err).splitlines()[0]}"}
+        try:
+            page = browser.new_page()
+            page.on("pageerror", lambda err: problems.append(f"page error: {err}"))
+            page.on("console", lambda msg: problems.append(f"console: {msg.text}") if msg.type == "error" else None)
+            page.set_default_timeout(STEP_TIMEOUT_MS)
+            page.goto(url + "/")
+            page.wait_for_selector("body[data-ready='true']")
+            page.fill("#text", prompt)  # the analyze view is shown: no live prompt is sent yet
+            page.evaluate("() => { window.location.hash = 'workbench'; }")
+            page.wait_for_selector(f"#wb-patches input.patch-value[data-patch='{patch['id']}']")
+            page.wait_for_function(_SHOWS_JS, arg=[_pairs(answers[start_value]), PROB_TOL])
+            slider_before = page.evaluate(_WIDEN_JS, [patch["id"], min(values), max(values)])
+            steps = []
+            for value in values:
+                steps.append(
+                    page.evaluate(
+                        _STEP_JS,
+                        {
+                            "patchId": patch["id"],
+                            "value": value,
+                            "expected": _pairs(answers[value]),
+                            "tol": PROB_TOL,
+                            "timeoutMs": STEP_TIMEOUT_MS,
+                        },
+                    )
+                )
+            user_agent = page.evaluate("() => navigator.userAgent")
+        finally:
+            browser.close()
+
+    final = check(client.post("/inference", json={"text": prompt, "k": 10}))
+    server_value = next(p for p in check(client.get("/patches"))["patches"] if p["id"] == patch["id"])["value"]
+    shown_id, shown_prob, shown_token = steps[-1]["shown"][0]
+    api_top = final["top"][0]
+    final_equal = (
+        shown_id == api_top["id"] and shown_token == api_top["token"] and abs(shown_prob - api_top["prob"]) <= PROB_TOL
+    )
+    timing = stats_ms([step["ms"] / 1000 for step in steps])
+    return {
+        "status": "ok",
+        **timing,
+        "what": "slider input event -> the prediction table shows the expected top-10 (MutationObserver, "
+        "performance.now() in the page)",
+        "browser": user_agent,
+        "patch": patch["id"],
+        "values": [step["sent"] for step in steps],
+        "slider_as_drawn": slider_before,
+        "last_top": [row[0] for row in steps[-1]["shown"]],
+        "final_check": {
+            "value": values[-1],
+            "server_patch_value": server_value,
+            "shown_top1": {"id": shown_id, "token": shown_token, "prob": shown_prob},
+            "inference_top1": {"id": api_top["id"], "token": api_top["token"], "prob": api_top["prob"]},
+            "equal": final_equal and server_value == values[-1],
+        },
+        "page_problems": problems,
+        "targets": {
+            "patch_median": {
+                "bound": f"< {TARGET_MS:g} ms",
+                "value": timing["median_ms"],
+                "met": timing["median_ms"] < TARGET_MS,
+            },
+            "patch_p95_spec": {
+                "bound": f"< {SPEC_MS:g} ms",
+                "value": timing["p95_ms"],
+                "met": timing["p95_ms"] < SPEC_MS,
+            },
+        },
+    }
+
+
 # --- 2. /analyze cached vs uncached -------------------------------------------------------------------
 
 
@@ -356,11 +563,31 @@ def markdown(report: dict[str, Any]) -> str:
     for level in ("splice", "workbench", "workbench_forward", "websocket", "websocket_forward"):
         s = patch[level]
         lines.append(f"| {level} | {s['median_ms']} | {s['p95_ms']} | {s['min_ms']} | {s['max_ms']} |")
+    browser = report["browser_patch_to_logits"]
+    if browser["status"] == "ok":
+        lines.append(
+            f"| browser | {browser['median_ms']} | {browser['p95_ms']} | {browser['min_ms']} | {browser['max_ms']} |"
+        )
     lines += [
         "",
         "`*_forward`: the `latency_ms` the engine reports (the spliced forward alone); `websocket`: send of the",
         "patch message to receipt of the pushed logits. Same top-10 at every level for the last value: "
         f"{patch['same_top']}.",
+    ]
+    if browser["status"] == "ok":
+        check = browser["final_check"]
+        lines += [
+            "`browser`: chromium on the dashboard's SAE workbench, from the slider's input event to the prediction",
+            f"table showing the expected top-10 (performance.now() in the page, {browser['n']} values). Shown top-1 at "
+            f"the end {check['shown_top1']['token']!r} {check['shown_top1']['prob']:.6g}, POST /inference "
+            f"{check['inference_top1']['token']!r} {check['inference_top1']['prob']:.6g}: equal {check['equal']}; "
+            f"same top-10 as the websocket: {browser['same_top_as_websocket']}.",
+        ]
+        if browser["page_problems"]:
+            lines.append(f"The page reported {len(browser['page_problems'])} errors: {browser['page_problems'][0]}")
+    else:
+        lines.append(f"`browser`: skipped ({browser['reason']}).")
+    lines += [
         "",
         "## /analyze: uncached vs cached (same request twice)",
         "",
@@ -395,6 +622,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--sae-width", type=int, default=None, help="SAE latents")
     parser.add_argument("--threads", type=int, default=None, help="torch threads in this process (engine timings)")
     parser.add_argument("--out", type=Path, default=None, help="JSON path (the .md goes next to it)")
+    parser.add_argument("--no-browser", action="store_true", help="skip the browser part (chromium via playwright)")
     args = parser.parse_args(argv)
     sizes = dataclasses.replace(
         QUICK if args.quick else FULL,
@@ -433,11 +661,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             load_s = time.perf_counter() - start
             print("server: websocket patches", flush=True)
             live.update(asyncio.run(websocket_latency(url, prompt, values)))
+            if args.no_browser:
+                browser = {"status": "skipped", "reason": "--no-browser"}
+            else:
+                print("server: browser patches (chromium, the dashboard's SAE workbench)", flush=True)
+                browser = browser_latency(url, client, prompt, values)
             print("server: /analyze cached vs uncached", flush=True)
             analyze = analyze_latency(client, prompt, ANALYZERS, sizes.repeats)
             print("server: /inference throughput", flush=True)
             inference = [asyncio.run(throughput(url, prompts, n, sizes.requests)) for n in CLIENTS]
     live["same_top"] = live["splice_last_top"] == live["workbench_last_top"] == live["websocket_last_top"]
+    if browser["status"] == "ok":
+        browser["same_top_as_websocket"] = browser["last_top"] == live["websocket_last_top"]
 
     ws = live["websocket"]
     report = {
@@ -458,6 +693,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "server_load": loaded,
         },
         "live_patch": live,
+        "browser_patch_to_logits": browser,
         "analyze": analyze,
         "inference": inference,
         "server": {"command": "interpsuite serve", "workers": 1, "queue": 64, "timeout_s": 1800, "draw_figures": True},
@@ -473,6 +709,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "machine": machine_info(),
         "load_average": {"start": load_before, "end": os.getloadavg()},
     }
+    if browser["status"] == "ok":
+        for name, target in browser["targets"].items():
+            report["targets"][f"browser_{name}"] = target
+        final, same = browser["final_check"]["equal"], browser["same_top_as_websocket"]
+        report["targets"]["browser_final_top1"] = {"bound": "equal", "value": final, "met": final}
+        report["targets"]["browser_same_top"] = {"bound": "equal", "value": same, "met": same}
     write_report(report, out)
     out.with_suffix(".md").write_text(markdown(report), encoding="utf-8")
     print(markdown(report))
