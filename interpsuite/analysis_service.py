@@ -51,6 +51,8 @@ if TYPE_CHECKING:  # pragma: no cover
 EXPERIMENT = "analyze"
 #: a run id: sortable UTC timestamp + random suffix; nothing a path could be made of
 RUN_ID = re.compile(r"^[A-Za-z0-9_-]{1,80}$")
+#: folders under runs_dir that are not runs: the writability probe, SAEs trained by POST /train-sae
+NOT_RUNS = frozenset({"_check", "saes"})
 
 
 def new_run_id() -> str:
@@ -427,7 +429,7 @@ class AnalysisService:
         A run still going before its first analyzer finished has status `running`."""
         found = []
         for path in self.runs_dir.iterdir():
-            if not path.is_dir() or path.is_symlink() or not RUN_ID.match(path.name) or path.name == "_check":
+            if not path.is_dir() or path.is_symlink() or not RUN_ID.match(path.name) or path.name in NOT_RUNS:
                 continue
             record = {"id": path.name, "created": path.stat().st_mtime, "status": "running", "analyzers": []}
             results = path / RESULTS_FILE
