@@ -141,3 +141,20 @@ def test_with_a_token_the_page_loads_but_the_api_needs_it(token_client):
     assert token_client.get("/runs", headers={"Authorization": f"Bearer {TOKEN}"}).status_code == 200
     api_js = (STATIC_DIR / "api.js").read_text(encoding="utf-8")
     assert "Authorization = `Bearer ${token}`" in api_js and "?token=${encodeURIComponent(token)}" in api_js
+
+
+API_CALL = re.compile(r"""\bapi\(\s*(["`])(/.*?)\1""")
+
+
+def test_every_api_path_the_page_calls_is_a_route(client):
+    """The page is written against the agreed interfaces: each `api("/path")` it makes names a
+    route of the app (templated segments match one path segment), so a renamed route fails here."""
+    paths = [*client.get("/openapi.json").json()["paths"], "/openapi.json"]  # the schema itself is no path in it
+    routes = [re.compile(re.sub(r"\{[^}]+\}", "[^/]+", path)) for path in paths]
+    called = set()
+    for path in STATIC_DIR.rglob("*.js"):
+        for _, target in API_CALL.findall(path.read_text(encoding="utf-8")):
+            called.add(re.sub(r"\$\{[^}]+\}", "x", target.split("?", 1)[0]))
+    assert {"/export-sae", "/import-patches", "/train-sae", "/api/pruning/candidates", "/api/pruning/export"} <= called
+    missing = sorted(p for p in called if not any(r.fullmatch(p) for r in routes))
+    assert not missing, f"the dashboard calls paths the server does not have: {missing}"

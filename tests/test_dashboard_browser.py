@@ -141,6 +141,13 @@ class Watch:
     errors: list[str] = field(default_factory=list)
     #: console errors that are the page's documented behaviour (GET /sae is 404 until an SAE is loaded)
     allowed_404: tuple[str, ...] = ("/sae",)
+    #: (path, HTTP status) of refusals a test provokes on purpose (the page shows the server's line)
+    allowed: tuple[tuple[str, int], ...] = ()
+
+    def expected(self, text: str, path: str) -> bool:
+        if "404" in text and path in self.allowed_404:
+            return True
+        return any(path == where and f"status of {code}" in text for where, code in self.allowed)
 
     def check(self) -> None:
         assert not self.foreign, f"requests off loopback: {self.foreign}"
@@ -175,7 +182,7 @@ def page() -> Iterator[tuple]:
             if message.type != "error":
                 return
             url = (message.location or {}).get("url", "")
-            if "404" in message.text and urlparse(url).path in watch.allowed_404:
+            if watch.expected(message.text, urlparse(url).path):
                 return
             watch.errors.append(f"console: {message.text} ({url})")
 
@@ -196,6 +203,13 @@ def open_view(page_, live: LiveServer, view: str) -> None:
 
 def shoot(page_, view: str) -> None:
     page_.screenshot(path=str(screenshot_dir() / f"dashboard-{view}.png"), full_page=True)
+
+
+def shown_pairs(page_, selector: str) -> dict[str, str]:
+    """A pairs() table of the page as {key: data-value}."""
+    script = "els => els.map(e => [e.dataset.key, e.dataset.value])"
+    cells = page_.eval_on_selector_all(f"{selector} td[data-key]", script)
+    return dict(cells)
 
 
 def number(value: str | None) -> float:
@@ -503,4 +517,271 @@ def test_with_a_token_the_page_sends_it_on_fetch_images_and_the_websocket(tmp_pa
         assert page_.get_attribute("#progress-box", "data-kind") == "done"
         assert int(page_.get_attribute("#progress-box", "data-events")) > 0  # streamed, not the HTTP fallback
         assert "(run " in page_.text_content("#status")
+        watch.check()
+
+
+# --- second pass: workbench export/import/train, pruning plans/exports/batch, a real predictor ---------
+
+
+def _routes(live: LiveServer) -> set[str]:
+    return set(live.get("/openapi.json")["paths"])
+
+
+def _refusal(live: LiveServer, path: str, body: dict, status: int) -> str:
+    """The server's one line for a request it refuses with `status`."""
+    response = httpx.post(live.url + path, json=body, headers=live.headers(), timeout=120)
+    assert response.status_code == status, response.text
+    return response.json()["message"]
+
+
+def _wait_state(page_, selector: str, state: str) -> None:
+    page_.wait_for_selector(f"{selector}[data-state='{state}']")
+
+
+def test_sae_workbench_exports_imports_and_deletes_patches(live, page):
+    if not {"/export-sae", "/import-patches"} <= _routes(live):
+        pytest.skip("the workbench export routes are not there yet")
+    page_, watch = page
+    watch.allowed = (("/export-sae", 400), ("/import-patches", 404))
+    live.post("/load-sae", {"path": SAE_FOLDER})  # clears the patches
+    patch = live.post("/patch", {"feature": 0, "kind": "set", "value": 3.0, "enabled": True})
+    clean_top = live.post("/inference", {"text": TEXT, "k": 10})["clean_top"]
+    open_view(page_, live, "workbench")
+    page_.wait_for_selector(f"#wb-patches .patch[data-patch-id='{patch['id']}']")
+
+    # LoRA cannot express a "set" patch: the page shows the server's one line, as it is
+    page_.fill("#wb-export-name", "dash-lora")
+    page_.select_option("#wb-export-format", "lora")
+    page_.click("#wb-export")
+    _wait_state(page_, "#wb-export-result", "error")
+    refusal = _refusal(live, "/export-sae", {"name": "api-lora", "format": "lora"}, 400)
+    assert page_.text_content("#wb-export-result .refusal") == refusal
+    assert page_.get_attribute("#wb-export-result .refusal", "data-status") == "400"
+    assert page_.text_content("#status") == refusal and "LoRA" in refusal
+
+    for fmt in ("patches", "saelens"):
+        page_.fill("#wb-export-name", f"dash-{fmt}")
+        page_.select_option("#wb-export-format", fmt)
+        page_.click("#wb-export")
+        page_.wait_for_selector(f"#wb-export-result[data-state='ok'][data-format='{fmt}']")
+        api = live.post("/export-sae", {"name": f"api-{fmt}", "format": fmt})
+        files = page_.eval_on_selector_all("#wb-export-result li[data-file]", "els => els.map(e => e.dataset.file)")
+        assert files == api["files"]
+        written = Path(page_.text_content("#wb-export-result .export-path"))
+        assert written == Path(api["path"]).parent / f"dash-{fmt}"
+        assert sorted(p.name for p in written.iterdir()) == sorted(files)
+    assert page_.input_value("#wb-import-path") == "dash-patches"  # a patches export is ready to import
+    shoot(page_, "workbench-export")
+
+    # the delete button removes the patch on the server; the prediction is the clean one again
+    page_.click(f"#wb-patches button.patch-delete[data-patch='{patch['id']}']")
+    page_.wait_for_selector("#wb-patches .patch", state="detached")
+    assert live.get("/patches")["patches"] == []
+    _wait_top1(page_, clean_top[0])
+
+    # a folder that is not there: the server's 404 line; then the export brings the same patch back
+    page_.fill("#wb-import-path", "no-such-export")
+    page_.click("#wb-import")
+    _wait_state(page_, "#wb-import-result", "error")
+    missing = _refusal(live, "/import-patches", {"path": "no-such-export"}, 404)
+    assert page_.text_content("#wb-import-result .refusal") == missing
+    page_.fill("#wb-import-path", "dash-patches")
+    page_.click("#wb-import")
+    _wait_state(page_, "#wb-import-result", "ok")
+    patches = live.get("/patches")["patches"]
+    assert [(p["feature"], p["kind"], p["value"], p["enabled"]) for p in patches] == [(0, "set", 3.0, True)]
+    shown = page_.eval_on_selector_all(
+        "#wb-patches .patch",
+        "els => els.map(e => [e.dataset.patchId, +e.dataset.feature, e.dataset.kind, +e.dataset.value])",
+    )
+    assert shown == [[p["id"], p["feature"], p["kind"], p["value"]] for p in patches]
+    assert page_.get_attribute("#wb-import-result p", "data-count") == "1"
+    watch.check()
+
+
+def test_train_a_small_sae_from_a_fresh_workbench(tmp_path, page):
+    page_, watch = page
+    watch.allowed = (("/train-sae", 409),)
+    with serve(tmp_path) as live:
+        if "/train-sae" not in _routes(live):
+            pytest.skip("POST /train-sae (interpsuite/server/routes/sae_training.py) is not registered yet")
+        info = live.get("/model/info")
+        open_view(page_, live, "workbench")
+        page_.wait_for_selector("#wb-train-box[open]")  # no SAE loaded: the form is open
+        page_.wait_for_selector("#wb-train-hook option[value='blocks.1.resid_post']", state="attached")
+        hooks = page_.eval_on_selector_all("#wb-train-hook option", "els => els.map(e => e.value)")
+        sites = ["resid_post", "resid_mid", "resid_pre", "attn.out", "mlp.out", "mlp.post"]
+        assert hooks == [""] + [f"blocks.{i}.{s}" for i in range(info["n_layers"]) for s in sites]
+        page_.select_option("#wb-train-hook", HOOK)
+        page_.fill("#wb-train-width", "32")
+        page_.fill("#wb-train-tokens", "1000")
+        page_.select_option("#wb-train-corpus", "english")
+        page_.fill("#wb-train-name", "dash-sae")
+        with page_.expect_response(lambda r: urlparse(r.url).path == "/train-sae") as answered:
+            page_.click("#wb-train")
+        answer = answered.value.json()
+        _wait_state(page_, "#wb-train-result", "ok")
+        assert answer["path"] == "saes/dash-sae" and answer["hook"] == HOOK and answer["width"] == 32
+        train, held = answer["train"], answer["train"]["held_out"]
+        shown = shown_pairs(page_, "#wb-train-summary")
+        assert shown["path"] == answer["path"] and shown["hook"] == HOOK
+        assert int(shown["steps"]) == train["steps"] and int(shown["tokens"]) == train["tokens"]
+        assert number(shown["final_loss"]) == train["final_loss"]
+        assert number(shown["held_out_explained_variance"]) == held["explained_variance"]
+        assert number(shown["held_out_fvu"]) == held["fvu"]
+        assert page_.get_attribute("#progress-box", "data-kind") == "done"
+        # ... and it is the loaded SAE: the workbench lists its features
+        sae = live.get("/sae")
+        assert sae == answer["loaded"] and sae["path"] == "saes/dash-sae"
+        assert (tmp_path / "runs" / "saes" / "dash-sae").is_dir()
+        page_.wait_for_selector("#wb-info[data-width='32']")
+        page_.wait_for_function("() => document.querySelectorAll('#wb-features li[data-feature]').length === 32")
+        assert page_.input_value("#wb-path") == "saes/dash-sae"
+        shoot(page_, "workbench-train")
+
+        # the same name again: the server's 409 line in the form
+        page_.click("#wb-train")
+        _wait_state(page_, "#wb-train-result", "error")
+        body = {"hook": HOOK, "width": 32, "tokens": 1000, "corpus": "english", "name": "dash-sae"}
+        assert page_.text_content("#wb-train-result .refusal") == _refusal(live, "/train-sae", body, 409)
+        assert page_.get_attribute("#progress-box", "data-kind") == "error"
+        watch.check()
+
+
+def test_pruning_plan_export_and_batch_curves_show_the_api_values(live, page):
+    page_, watch = page
+    watch.allowed = (("/api/pruning/export", 409),)
+    texts = NORMAL[:4]
+    open_view(page_, live, "pruning")
+    page_.fill("#text", "\n".join(texts))
+
+    # a plan at one sparsity
+    page_.select_option("#pruning-cand-granularity", "neurons")
+    page_.select_option("#pruning-cand-criterion", "activation")
+    page_.fill("#pruning-cand-sparsity", "0.2")
+    with page_.expect_response(lambda r: urlparse(r.url).path == "/api/pruning/candidates") as answered:
+        page_.click("#pruning-cand-run")
+    plan = answered.value.json()
+    _wait_state(page_, "#pruning-plan", "ok")
+    again = live.post(
+        "/api/pruning/candidates",
+        {"texts": texts, "criterion": "activation", "granularity": "neurons", "sparsity": 0.2},
+    )
+    assert again["summary"] == plan["summary"]  # the same request makes the same plan
+    shown = shown_pairs(page_, "#pruning-plan-summary")
+    summary = plan["summary"]
+    assert shown["plan_id"] == plan["plan_id"] == page_.get_attribute("#pruning-plan", "data-plan-id")
+    assert number(shown["achieved_sparsity"]) == summary["achieved_sparsity"]
+    assert int(shown["pruned"]) == summary["pruned"] and int(shown["total"]) == summary["total"]
+    assert {k: int(v) for k, v in shown.items() if k.startswith("layer ")} == {
+        f"layer {layer}": n for layer, n in summary["per_layer"].items()
+    }
+    assert page_.input_value("#pruning-export-plan") == plan["plan_id"]
+    shoot(page_, "pruning-plan")
+
+    # its export: the ExportReport the server answered
+    page_.fill("#pruning-export-name", "dash-pruned")
+    with page_.expect_response(lambda r: urlparse(r.url).path == "/api/pruning/export") as answered:
+        page_.click("#pruning-export-run")
+    report = answered.value.json()
+    _wait_state(page_, "#pruning-export-result", "ok")
+    api = live.post("/api/pruning/export", {"plan_id": plan["plan_id"], "name": "api-pruned"})
+    assert (api["passed"], api["max_abs_logit_diff"], api["files"]) == (
+        report["passed"],
+        report["max_abs_logit_diff"],
+        report["files"],
+    )
+    shown = shown_pairs(page_, "#pruning-export-report")
+    assert number(shown["max_abs_logit_diff"]) == report["max_abs_logit_diff"]
+    assert int(shown["parameters_after"]) == report["parameters_after"] < report["parameters_before"]
+    assert page_.get_attribute("#pruning-export-result", "data-passed") == str(report["passed"]).lower()
+    assert page_.get_attribute("#pruning-export-result .export-passed", "data-value") == str(report["passed"]).lower()
+    files = page_.eval_on_selector_all("#pruning-export-result li[data-file]", "els => els.map(e => e.dataset.file)")
+    assert files == report["files"] and "model.safetensors" in files
+    # the same name again: the server's 409 line
+    page_.click("#pruning-export-run")
+    _wait_state(page_, "#pruning-export-result", "error")
+    refusal = _refusal(live, "/api/pruning/export", {"plan_id": plan["plan_id"], "name": "dash-pruned"}, 409)
+    assert page_.text_content("#pruning-export-result .refusal") == refusal
+
+    # batch analysis: one curve per criterion on one chart (the criteria follow the granularity)
+    page_.select_option("#pruning-granularity", "heads")
+    assert page_.input_value("#pruning-batch-criteria") == "taylor, ablation"
+    options = page_.eval_on_selector_all("#pruning-criterion option", "els => els.map(e => e.value)")
+    assert options == ["taylor", "ablation"]
+    page_.select_option("#pruning-granularity", "neurons")
+    page_.fill("#pruning-sparsities", "0.1, 0.3")
+    page_.fill("#pruning-batch-criteria", "activation, taylor")
+    page_.click("#pruning-batch-run")
+    page_.wait_for_selector("#pruning-batch-perplexity circle.point")
+    batch = live.post(
+        "/api/pruning/batch-analysis",
+        {
+            "texts": texts,
+            "criteria": ["activation", "taylor"],
+            "granularity": "neurons",
+            "sparsities": [0.1, 0.3],
+            "tasks": ["perplexity"],
+        },
+    )
+    points = page_.eval_on_selector_all(
+        "#pruning-batch-perplexity circle.point",
+        "els => els.map(e => [e.dataset.series, +e.dataset.x, +e.dataset.value])",
+    )
+    expected = [
+        [criterion, p["sparsity"], p["value"]]
+        for criterion in ("activation", "taylor")
+        for p in batch["results"][criterion]["curves"]["perplexity"]
+    ]
+    assert points == expected
+    legend = page_.eval_on_selector_all("#pruning-batch-perplexity text.legend", "els => els.map(e => e.textContent)")
+    assert legend == ["activation", "taylor"]
+    baseline = page_.get_attribute("#pruning-batch-perplexity line.baseline", "data-value")
+    assert number(baseline) == batch["results"]["activation"]["baseline"]["perplexity"]
+    shoot(page_, "pruning-batch")
+    watch.check()
+
+
+FAILURE_PROMPTS = [
+    "The cat sat on the", "One two three four", "The capital of France is", "Water boils at",
+    "Once upon a time", "The sun rises in the", "Red, green and", "My favourite colour is",
+    "In the beginning", "The quick brown fox", "She opened the door and", "The answer is",
+    "Monday, Tuesday,", "A B C D", "Good morning, how", "The first man on the Moon was",
+]  # fmt: skip
+
+
+def test_failure_view_shows_a_real_predictors_probabilities(tmp_path, page):
+    """A FailurePredictor fitted on tiny_llama (real features of 16 prompts, alternating labels: cheap)
+    saved where the server looks by default (a run's data/failure_prediction/predictor)."""
+    np = pytest.importorskip("numpy")
+    from interpsuite_plugins.safety.failure import FailurePredictor, extract
+
+    model = cached_model("tiny_llama")
+    families = ["output", "residual", "probe"]
+    data = extract(model, FAILURE_PROMPTS, families, batch_size=8)
+    labels = np.arange(len(FAILURE_PROMPTS)) % 2
+    predictor = FailurePredictor.fit(data, labels, model=model, families=families, c_grid=[1.0], folds=2)
+    predictor.save(tmp_path / "runs" / "fitted" / "data" / "failure_prediction" / "predictor")
+    page_, watch = page
+    with serve(tmp_path) as live:
+        texts = [TEXT, "Paris is a city in", "zq xj vv kk pp"]
+        open_view(page_, live, "safety")
+        page_.fill("#text", "\n".join(texts))
+        page_.click("#failure-run")  # no predictor typed: the server's newest one
+        page_.wait_for_selector("#failure-box .failure-result")
+        answer = live.post("/predict/failure", {"texts": texts, "top": 5})
+        assert answer["predictor"]["path"] == "fitted/data/failure_prediction/predictor"
+        shown = page_.eval_on_selector_all(
+            "#failure-box .failure-result", "els => els.map(e => +e.querySelector('.probability').dataset.value)"
+        )
+        assert shown == [r["probability"] for r in answer["results"]]
+        assert all(0.0 <= p <= 1.0 for p in shown)
+        for i, result in enumerate(answer["results"]):
+            bars = page_.eval_on_selector_all(
+                f"#failure-features-{i} rect.bar", "els => els.map(e => [e.dataset.label, +e.dataset.value])"
+            )
+            assert bars == [[f["name"], f["contribution"]] for f in result["top_features"]]
+            assert len(bars) == 5
+        assert answer["predictor"]["path"] in page_.text_content("#failure-box")
+        shoot(page_, "safety-failure")
         watch.check()

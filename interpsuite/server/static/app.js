@@ -67,6 +67,27 @@ const ctx = {
       throw err;
     }
   },
+  /**
+   * Run a long REST request (no progress events: an export, training an SAE) with the progress bar
+   * in its wait state; the bar's data-kind ends "done" or "error" and the status line says which.
+   */
+  async busy(label, action) {
+    progressBox.dataset.events = "0";
+    showProgress({ kind: "waiting", desc: label, done: 0, total: null });
+    ctx.setStatus(`${label}…`);
+    try {
+      const answer = await action();
+      progressBar.max = 1;
+      progressBar.value = 1;
+      progressLabel.textContent = `${label} · done`;
+      progressBox.dataset.kind = "done";
+      return answer;
+    } catch (err) {
+      progressLabel.textContent = `${label} · failed`;
+      progressBox.dataset.kind = "error";
+      throw err;
+    }
+  },
   /** Run an async action, showing its error in the status line (for button handlers). */
   async guard(action) {
     try {

@@ -223,3 +223,26 @@ export function status(node, message, isError = false) {
   node.textContent = message;
   node.classList.toggle("error", Boolean(isError));
 }
+
+/**
+ * Show a request's outcome in `node`: its children on success, or the server's one-line refusal
+ * (class "refusal", data-error = the error code, data-status = the HTTP status) on failure.
+ * `node.dataset.state` ends "ok" or "error" so scripts and tests can wait for either.
+ */
+export function outcome(node, children, err = null) {
+  node.hidden = false;
+  if (err) {
+    clear(node, el("p", { class: "error refusal", dataset: { error: err.code || "error", status: err.status ?? "" } }, err.message));
+    node.dataset.state = "error";
+  } else {
+    clear(node, children);
+    node.dataset.state = "ok";
+  }
+  return node;
+}
+
+/** A two-column table of [label, value] pairs; each value cell carries data-key and data-value. */
+export function pairs(rows, { id } = {}) {
+  return el("table", { class: "data pairs", id }, el("tbody", {}, rows.map(([key, value]) =>
+    el("tr", {}, el("th", {}, key), el("td", { dataset: { key, value: value ?? "" } }, fmt(value))))));
+}

@@ -1,12 +1,26 @@
 // The SAE workbench: load an SAE, search its features, read one feature's details, and patch
 // features with sliders and toggles while the model's top-k next tokens for the text box update
 // live over the WebSocket (`inference` makes the text this connection's live prompt; every patch
-// change, from any client, pushes fresh `logits`).
+// change, from any client, pushes fresh `logits`). Patches export (patches / PEFT LoRA / SAELens) and
+// import; with no SAE at hand (a fresh install), "Train a small SAE" trains one on a built-in corpus
+// (POST /train-sae with load: true) and opens it here.
 
 import { api, socket } from "../api.js";
-import { barChart, clear, el, fmt, sequential, showToken } from "./dom.js";
+import { barChart, clear, el, fmt, outcome, pairs, sequential, showToken } from "./dom.js";
 
 const K = 10;
+/** Hook sites POST /train-sae accepts (one d_model or d_mlp vector per token), per block. */
+const TRAIN_SITES = ["resid_post", "resid_mid", "resid_pre", "attn.out", "mlp.out", "mlp.post"];
+
+/** The rows shown for a training answer: where it went and how well it reconstructs held-out text. */
+function trainRows(answer) {
+  const t = answer.train || {};
+  const held = t.held_out || {};
+  return [["path", answer.path], ["hook", answer.hook], ["width", answer.width], ["architecture", answer.architecture],
+    ["corpus", t.corpus], ["tokens", t.tokens], ["steps", t.steps], ["final_loss", t.final_loss],
+    ["held_out_explained_variance", held.explained_variance], ["held_out_fvu", held.fvu], ["held_out_l0", held.l0],
+    ["seconds", t.seconds]];
+}
 
 /** The slider's range for a patch kind (set: up to ten times the feature's max activation, for steering). */
 function range(kind, maxActivation) {
@@ -88,7 +102,7 @@ export default {
         const toggle = el("input", { type: "checkbox", class: "patch-enabled", checked: p.enabled, dataset: { patch: p.id } });
         toggle.addEventListener("change", () => ctx.guard(() =>
           socket.request({ type: "patch", patch_id: p.id, enabled: toggle.checked }, ["patch"])));
-        const remove = el("button", { type: "button", class: "patch-delete", onclick: () => ctx.guard(async () => {
+        const remove = el("button", { type: "button", class: "patch-delete", title: `delete patch ${p.id}`, dataset: { patch: p.id }, onclick: () => ctx.guard(async () => {
           await api(`/patch/${encodeURIComponent(p.id)}`, { method: "DELETE" });
           state.patches.delete(p.id);
           renderPatches();
@@ -168,22 +182,119 @@ export default {
       ctx.setStatus(`SAE loaded: ${sae.width} features`);
     });
 
+    // --- export and import the patches --------------------------------------------------------------
+    const exportName = el("input", { id: "wb-export-name", size: 20, placeholder: "export name (a folder)" });
+    const exportFormat = el("select", { id: "wb-export-format" }, ["patches", "lora", "saelens"].map((f) => el("option", { value: f }, f)));
+    const exportOverwrite = el("input", { type: "checkbox", id: "wb-export-overwrite" });
+    const exportResult = el("div", { id: "wb-export-result", class: "box", hidden: true });
+    const importPath = el("input", { id: "wb-import-path", size: 30, placeholder: "patches folder (e.g. an export's name)" });
+    const importResult = el("div", { id: "wb-import-result", class: "box", hidden: true });
+    const exportPatches = () => ctx.guard(async () => {
+      const name = exportName.value.trim();
+      if (!name) throw new Error("give the export a name first");
+      const body = { name, format: exportFormat.value, overwrite: exportOverwrite.checked };
+      try {
+        const answer = await ctx.busy(`export-sae ${body.format}`, () => api("/export-sae", { method: "POST", body }));
+        outcome(exportResult, [el("p", {}, `${answer.format} written to `, el("code", { class: "export-path" }, answer.path)),
+          el("ul", { class: "export-files" }, answer.files.map((f) => el("li", { dataset: { file: f } }, f)))]);
+        exportResult.dataset.format = answer.format;
+        if (answer.format === "patches") importPath.value = name;
+        ctx.setStatus(`exported ${answer.files.length} files to ${answer.path}`);
+      } catch (err) {
+        outcome(exportResult, null, err);
+        throw err;
+      }
+    });
+    const importPatches = () => ctx.guard(async () => {
+      const folder = importPath.value.trim();
+      if (!folder) throw new Error("give the patches folder first");
+      try {
+        const answer = await api("/import-patches", { method: "POST", body: { path: folder } });
+        state.patches = new Map(answer.patches.map((p) => [p.id, p]));
+        renderPatches();
+        outcome(importResult, el("p", { dataset: { count: answer.patches.length } }, `${answer.patches.length} patches imported from ${folder}`));
+        ctx.setStatus(`imported ${answer.patches.length} patches`);
+        await live();
+      } catch (err) {
+        outcome(importResult, null, err);
+        throw err;
+      }
+    });
+
+    // --- train a small SAE (a fresh install has none) -------------------------------------------------
+    const trainHook = el("select", { id: "wb-train-hook" }, el("option", { value: "" }, "default: a middle layer's resid_post"));
+    const trainWidth = el("input", { id: "wb-train-width", type: "number", min: 1, step: 1, value: 512, size: 6 });
+    const trainTokens = el("input", { id: "wb-train-tokens", type: "number", min: 64, step: 1, value: 20000, size: 8 });
+    const trainArch = el("select", { id: "wb-train-architecture" }, ["topk", "relu", "jumprelu"].map((a) => el("option", { value: a }, a)));
+    const trainCorpus = el("select", { id: "wb-train-corpus" }, ["python_docs", "english"].map((c) => el("option", { value: c }, c)));
+    const trainName = el("input", { id: "wb-train-name", size: 20, placeholder: "name (empty: automatic)" });
+    const trainResult = el("div", { id: "wb-train-result", class: "box", hidden: true });
+    const trainButton = el("button", { type: "button", id: "wb-train" }, "Train and load");
+    let hooksListed = false;
+    const listHooks = async () => {
+      if (hooksListed) return;
+      const info = await api("/model/info");
+      for (let layer = 0; layer < info.n_layers; layer += 1) {
+        for (const site of TRAIN_SITES) trainHook.append(el("option", { value: `blocks.${layer}.${site}` }, `blocks.${layer}.${site}`));
+      }
+      hooksListed = true;
+    };
+    const train = () => ctx.guard(async () => {
+      const width = Number(trainWidth.value);
+      const tokens = Number(trainTokens.value);
+      if (!Number.isInteger(width) || !Number.isInteger(tokens)) throw new Error("width and tokens must be whole numbers");
+      const body = { hook: trainHook.value || null, width, tokens, architecture: trainArch.value, corpus: trainCorpus.value,
+        name: trainName.value.trim() || null, load: true };
+      trainButton.disabled = true;
+      trainResult.hidden = false;
+      trainResult.dataset.state = "running";
+      clear(trainResult, el("p", { class: "note" }, `training a ${width}-feature SAE on ${tokens} tokens… (the server answers when it is trained and loaded)`));
+      try {
+        const answer = await ctx.busy(`train-sae ${body.hook || "default hook"} width ${width}`,
+          () => api("/train-sae", { method: "POST", body }));
+        outcome(trainResult, pairs(trainRows(answer), { id: "wb-train-summary" }));
+        trainResult.dataset.path = answer.path;
+        path.value = answer.path;
+        if (answer.loaded) await showSae(answer.loaded);
+        ctx.setStatus(`SAE trained and loaded: ${answer.path}`);
+      } catch (err) {
+        outcome(trainResult, null, err);
+        throw err;
+      } finally {
+        trainButton.disabled = false;
+      }
+    });
+    trainButton.addEventListener("click", train);
+    const trainBox = el("details", { id: "wb-train-box", class: "box" }, el("summary", {}, "Train a small SAE (on a built-in corpus, then load it)"),
+      el("div", { class: "controls" }, el("label", {}, "hook ", trainHook), el("label", {}, "width ", trainWidth),
+        el("label", {}, "tokens ", trainTokens), el("label", {}, "architecture ", trainArch), el("label", {}, "corpus ", trainCorpus),
+        trainName, trainButton), trainResult);
+
     let searchTimer = null;
     search.addEventListener("input", () => { clearTimeout(searchTimer); searchTimer = setTimeout(loadFeatures, 200); });
     sort.addEventListener("change", loadFeatures);
     section.append(
       el("div", { class: "controls" }, path, el("button", { type: "button", id: "wb-load", onclick: load }, "Load SAE")),
       info,
+      trainBox,
       el("div", { class: "two-col" },
         el("div", {}, el("div", { class: "controls" }, search, el("label", {}, "sort ", sort)), total, el("div", { class: "feature-list" }, list)),
-        el("div", {}, el("h3", {}, "Live next-token prediction"), top, el("h3", {}, "Patches"), patchesNode, details)),
+        el("div", {}, el("h3", {}, "Live next-token prediction"), top, el("h3", {}, "Patches"), patchesNode,
+          el("div", { class: "controls" }, exportName, el("label", {}, "format ", exportFormat), el("label", {}, exportOverwrite, "overwrite"),
+            el("button", { type: "button", id: "wb-export", onclick: exportPatches }, "Export")),
+          exportResult,
+          el("div", { class: "controls" }, importPath, el("button", { type: "button", id: "wb-import", onclick: importPatches }, "Import patches")),
+          importResult, details)),
     );
     renderPatches();
     this.show = async () => {
+      await listHooks();
       try {
         await showSae(await api("/sae"));
       } catch (err) {
         if (err.status !== 404) throw err;
+        clear(info, "no SAE loaded: give an SAE folder above, or train a small one");
+        trainBox.open = true;
         await live();
       }
     };
