@@ -164,6 +164,7 @@ def test_health_models_info_memory(client):
     info = client.get("/model/info").json()
     assert {k: info[k] for k in model.info.to_dict()} == model.info.to_dict()
     assert info["hook_points"] == len(model.info.hook_points())
+    assert info["hook_names"] == list(model.info.hook_points()) and "blocks.1.resid_post" in info["hook_names"]
 
     memory = client.get("/models/memory").json()
     params = list(model.hf_model.parameters())

@@ -43,7 +43,8 @@ def list_models(state: ServerState = Depends(get_state)) -> dict:
 def model_info(state: ServerState = Depends(get_state)) -> dict:
     current = state.current()
     info = current.model.info
-    return {"model": current.name, **info.to_dict(), "hook_points": len(info.hook_points())}
+    names = list(info.hook_points())
+    return {"model": current.name, **info.to_dict(), "hook_points": len(names), "hook_names": names}
 
 
 def process_rss_bytes() -> int:
