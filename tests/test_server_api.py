@@ -32,6 +32,7 @@ from interpsuite.results import Result  # noqa: E402
 from interpsuite.server.app import create_app  # noqa: E402
 from interpsuite.server.settings import ServerSettings  # noqa: E402
 from interpsuite.testing import cached_model  # noqa: E402
+from tests.server_support import no_traceback  # noqa: E402
 
 TEXT = "The cat sat on the mat."
 TOKEN = "s3cret-token-for-tests"
@@ -91,15 +92,6 @@ def _release_gates() -> Iterator[None]:
     yield
     for g in GATES.values():  # never leave a worker thread waiting
         g.release.set()
-
-
-def no_traceback(response) -> None:
-    response.read()
-    assert "Traceback" not in response.text
-    if response.status_code >= 400 and response.headers.get("content-type", "").startswith("application/json"):
-        body = response.json()
-        assert set(body) >= {"error", "message"}, body
-        assert "\n" not in body["message"]
 
 
 @pytest.fixture

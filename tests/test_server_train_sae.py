@@ -26,6 +26,7 @@ from interpsuite.server.app import create_app  # noqa: E402
 from interpsuite.server.routes import sae_training  # noqa: E402
 from interpsuite.server.settings import ServerSettings  # noqa: E402
 from interpsuite.testing import cached_model  # noqa: E402
+from tests.server_support import no_traceback  # noqa: E402
 
 HOOK = "blocks.1.resid_post"
 WIDTH = 48
@@ -37,15 +38,6 @@ PROMPT = "The quick brown fox jumps over"
 @pytest.fixture(scope="module")
 def registry():
     return get_registry()
-
-
-def no_traceback(response) -> None:
-    response.read()
-    assert "Traceback" not in response.text
-    if response.status_code >= 400 and response.headers.get("content-type", "").startswith("application/json"):
-        body = response.json()
-        assert set(body) >= {"error", "message"}, body
-        assert "\n" not in body["message"]
 
 
 @pytest.fixture

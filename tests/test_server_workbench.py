@@ -24,6 +24,7 @@ from interpsuite.plugins import get_registry  # noqa: E402
 from interpsuite.server.app import create_app  # noqa: E402
 from interpsuite.server.settings import ServerSettings  # noqa: E402
 from interpsuite.testing import cached_model  # noqa: E402
+from tests.server_support import no_traceback  # noqa: E402
 
 HOOK = "blocks.1.resid_post"
 WIDTH = 48
@@ -43,15 +44,6 @@ def make_sae(d_in: int = 64, hook: str = HOOK, seed: int = 0) -> SparseAutoencod
 @pytest.fixture(scope="module")
 def registry():
     return get_registry()
-
-
-def no_traceback(response) -> None:
-    response.read()
-    assert "Traceback" not in response.text
-    if response.status_code >= 400 and response.headers.get("content-type", "").startswith("application/json"):
-        body = response.json()
-        assert set(body) >= {"error", "message"}, body
-        assert "\n" not in body["message"]
 
 
 @pytest.fixture

@@ -125,6 +125,16 @@ def _prompt_tokens(model: Any, batch: Any) -> list[str]:
     return _token_strings(model, ids)
 
 
+def _numbers(feature: int, entry: FeatureEntry) -> dict[str, Any]:
+    """The numbers a feature's list row and its details page share."""
+    return {
+        "id": feature,
+        "density": float(entry.density),
+        "max_activation": float(entry.max_activation),
+        "mean_active": float(entry.mean_active),
+    }
+
+
 def plain_inference(model: Any, text: str, k: int = 10) -> dict[str, Any]:
     """The inference answer without an SAE (`top == clean_top`, no patches, no features)."""
     text, k = _check_text(text), _check_k(k)
@@ -266,10 +276,7 @@ class Workbench:
         entry = self._entry(feature)
         effects = entry.logit_effects
         return {
-            "id": feature,
-            "density": float(entry.density),
-            "max_activation": float(entry.max_activation),
-            "mean_active": float(entry.mean_active),
+            **_numbers(feature, entry),
             "top_tokens": list(self._top_tokens[feature]),
             "top_logits": [t for t, _ in effects.top[:N_LIST_TOKENS]] if effects else [],
         }
@@ -301,10 +308,7 @@ class Workbench:
         entry = self._entry(feature)
         effects = entry.logit_effects
         return {
-            "id": feature,
-            "density": float(entry.density),
-            "max_activation": float(entry.max_activation),
-            "mean_active": float(entry.mean_active),
+            **_numbers(feature, entry),
             "n_active": int(entry.n_active),
             "note": entry.note,
             "contexts": [{"tokens": c.tokens, "acts": c.acts, "focus": c.focus} for c in entry.top_contexts],

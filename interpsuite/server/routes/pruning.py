@@ -473,18 +473,23 @@ async def candidates(body: CandidatesRequest, state: ServerState = Depends(get_s
     return to_jsonable({"plan": plan.to_json(), "summary": plan.summary(), "plan_id": plan_id, "model": loaded.name})
 
 
+def impact_inputs(state: ServerState, body: Any) -> tuple[Any, float, Loaded, list[str], list[str]]:
+    """What impact-analysis and batch-analysis check first: limits, tasks, evaluation texts."""
+    settings = state.settings
+    until = deadline(settings)
+    check_limits(settings, [body.texts or [], body.calibration or []])
+    loaded = state.current()
+    tasks = check_impact(loaded, body)
+    return settings, until, loaded, tasks, check_text_list(body.texts, "texts", required="perplexity" in tasks)
+
+
 @router.post("/impact-analysis", summary="Perplexity (IOI, facts) against sparsity, with bootstrap intervals",
              responses=_ERRORS)  # fmt: skip
 async def impact_analysis(body: ImpactRequest, state: ServerState = Depends(get_state)) -> dict:
     """Plans of one criterion at `sparsities` (or earlier plans by `plan_ids`) measured against the
     unpruned baseline (`impact.evaluate_plans`). Curves start at the baseline; the checks include
     `sparsity0_matches_baseline` (exact) when a level is 0."""
-    settings = state.settings
-    until = deadline(settings)
-    check_limits(settings, [body.texts or [], body.calibration or []])
-    loaded = state.current()
-    tasks = check_impact(loaded, body)
-    texts = check_text_list(body.texts, "texts", required="perplexity" in tasks)
+    settings, until, loaded, tasks, texts = impact_inputs(state, body)
     store = plan_store(state)
     if body.plan_ids is not None:
         if body.criterion is not None or body.sparsities is not None:
@@ -531,12 +536,7 @@ async def impact_analysis(body: ImpactRequest, state: ServerState = Depends(get_
 async def batch_analysis(body: BatchRequest, state: ServerState = Depends(get_state)) -> dict:
     """`{"results": {criterion: <impact-analysis body>}}`: every criterion scored, its plans made at
     the same sparsities, and all plans measured in one evaluation against one shared baseline."""
-    settings = state.settings
-    until = deadline(settings)
-    check_limits(settings, [body.texts or [], body.calibration or []])
-    loaded = state.current()
-    tasks = check_impact(loaded, body)
-    texts = check_text_list(body.texts, "texts", required="perplexity" in tasks)
+    settings, until, loaded, tasks, texts = impact_inputs(state, body)
     levels = check_sparsities(body.sparsities)
     check_scope(body.scope, body.granularity)
     if len(set(body.criteria)) != len(body.criteria):

@@ -1,0 +1,13 @@
+"""What every server test checks on every response: the error contract (JSON, one line, no traceback)."""
+
+from __future__ import annotations
+
+
+def no_traceback(response) -> None:
+    """An httpx response hook: no traceback anywhere; error bodies are `{"error", "message"}`, one line."""
+    response.read()
+    assert "Traceback" not in response.text
+    if response.status_code >= 400 and response.headers.get("content-type", "").startswith("application/json"):
+        body = response.json()
+        assert set(body) >= {"error", "message"}, body
+        assert "\n" not in body["message"]
