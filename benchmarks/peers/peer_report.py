@@ -1,0 +1,144 @@
+"""Agreement between cells, and the JSON + markdown the peer benchmark writes.
+
+Pure functions of the cells' records and numbers (no torch model, no timing), so the tests can
+check them on hand-made inputs.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+TOLERANCE = 1e-4
+
+WORKLOAD_TITLES = {
+    "capture": "capture of all residual streams",
+    "head_sweep": "zero-ablation sweep of every head",
+    "patching": "resid_pre patching, every layer x position",
+    "ig": "integrated gradients, 50 steps",
+    "attention": "all attention patterns of one prompt",
+}
+
+
+def max_abs_diff(a: np.ndarray, b: np.ndarray) -> float:
+    """max |a - b|, or inf when the shapes differ (a cell that computed something else)."""
+    if a.shape != b.shape:
+        return float("inf")
+    if a.size == 0:
+        return 0.0
+    return float(np.max(np.abs(a.astype(np.float64) - b.astype(np.float64))))
+
+
+def agreement(values: dict[str, np.ndarray], reference: str, tolerance: float = TOLERANCE) -> dict[str, dict[str, Any]]:
+    """Each cell's max |difference| from the reference cell and from every other cell; it agrees
+    when its difference from the reference is within tolerance. Cells without numbers are absent."""
+    result: dict[str, dict[str, Any]] = {}
+    for name, value in values.items():
+        others = {other: max_abs_diff(value, values[other]) for other in values if other != name}
+        vs_reference = 0.0 if name == reference else others.get(reference)
+        result[name] = {
+            "max_abs_diff_vs_reference": vs_reference,
+            "max_abs_diff_vs_others": others,
+            "agrees": vs_reference is not None and vs_reference <= tolerance,
+            "tolerance": tolerance,
+        }
+    return result
+
+
+def summarise_workload(
+    workload: str,
+    cells: dict[str, dict[str, Any]],
+    values: dict[str, np.ndarray],
+    reference: str,
+    tolerance: float = TOLERANCE,
+) -> dict[str, Any]:
+    """One workload's cells with ratio to the reference's median time and agreement added."""
+    ok = {name: cell for name, cell in cells.items() if cell.get("status") == "ok"}
+    base = ok.get(reference, {}).get("median_s")
+    agree = agreement(values, reference, tolerance) if reference in values else {}
+    out_cells = {}
+    for name, cell in cells.items():
+        entry = {key: value for key, value in cell.items() if key != "traceback"}
+        if name in ok and base:
+            entry["ratio_to_interpsuite"] = ok[name]["median_s"] / base
+        if name in agree:
+            entry["agreement"] = agree[name]
+        out_cells[name] = entry
+    summary: dict[str, Any] = {
+        "title": WORKLOAD_TITLES.get(workload, workload),
+        "reference": reference,
+        "cells": out_cells,
+    }
+    if workload == "capture" and "bare" in ok and reference in ok:
+        summary["capture_over_bare"] = {
+            name: ok[name]["median_s"] / ok["bare"]["median_s"] for name in ok if name != "bare"
+        }
+    summary["all_agree"] = bool(agree) and all(entry["agrees"] for entry in agree.values())
+    return summary
+
+
+def markdown(report: dict[str, Any]) -> str:
+    """The table: workload x implementation, seconds, ratio to interpsuite, agreement, kernel, RSS."""
+    settings, machine = report["settings"], report["machine"]
+    lines = [
+        f"# Peer benchmark ({settings['model']}, {settings['device']}, {settings['threads']} threads"
+        f"{', quick' if settings['quick'] else ''})",
+        "",
+        f"{report['timestamp']}; {machine.get('processor', '')}; {machine.get('cpu_count')} CPUs; "
+        f"torch {machine.get('torch')}, transformers {machine.get('transformers')}; "
+        f"median of {settings['repeats']} after {settings['warmup']} warm-up; load average "
+        f"{_loads(report['load_average']['start'])} at start, {_loads(report['load_average']['end'])} at end.",
+        "",
+        "| workload | implementation | library | attention | median s | x interpsuite | max \\|diff\\| | agrees "
+        "| peak RSS MiB | RSS growth MiB |",
+        "|---|---|---|---|---:|---:|---:|---|---:|---:|",
+    ]
+    for summary in report["workloads"].values():
+        for name, cell in summary["cells"].items():
+            if cell.get("status") != "ok":
+                lines.append(
+                    f"| {summary['title']} | {name} | {cell.get('library', '')} | | {cell.get('status')}: "
+                    f"{cell.get('reason', '')} | | | | | |"
+                )
+                continue
+            agree = cell.get("agreement")
+            diff = (
+                "reference"
+                if name == summary["reference"]
+                else ("-" if agree is None else f"{agree['max_abs_diff_vs_reference']:.1e}")
+            )
+            agrees = "-" if agree is None else ("yes" if agree["agrees"] else "**no**")
+            ratio = cell.get("ratio_to_interpsuite")
+            lines.append(
+                f"| {summary['title']} | {name} | {cell.get('library', '')} | {cell.get('attention', '')} | "
+                f"{cell['median_s']:.4g} | {'' if ratio is None else f'{ratio:.2f}x'} | {diff} | {agrees} | "
+                f"{cell.get('peak_rss_mib', 0):.0f} | {cell.get('rss_growth_mib', 0):.0f} |"
+            )
+    for summary in report["workloads"].values():
+        if "capture_over_bare" in summary:
+            ratios = ", ".join(f"{name} {ratio:.3f}x" for name, ratio in summary["capture_over_bare"].items())
+            lines += ["", f"Capture time / bare forward (no hooks): {ratios}."]
+    lines += [
+        "",
+        f"Agreement: max |difference| from the reference cell (tolerance {report['tolerance']:g}); "
+        "the JSON also holds every pair's difference. Peak RSS is the cell process's "
+        "`ru_maxrss` (model loading included; peer and plain cells also hold an unwrapped copy of the model); "
+        "RSS growth is how far the timed runs pushed it above the level after setup.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _loads(loads) -> str:
+    return "/".join(f"{load:.1f}" for load in loads)
+
+
+def write(report: dict[str, Any], out_dir: Path, stem: str) -> tuple[Path, Path]:
+    """`stem`.json and `stem`.md in out_dir."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    json_path, md_path = out_dir / f"{stem}.json", out_dir / f"{stem}.md"
+    json_path.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    md_path.write_text(markdown(report), encoding="utf-8")
+    return json_path, md_path
