@@ -40,7 +40,7 @@ class _Body(BaseModel):
 class LoadSAERequest(_Body):
     path: str = Field(description="SAE folder relative to the runs directory or an artifact directory")
     corpus: list[str] | None = Field(default=None, description="texts for the feature statistics (null: built-in)")
-    max_corpus_tokens: int = Field(default=4096, ge=1, le=1_000_000)
+    max_corpus_tokens: int = Field(default=4096, ge=1, le=200_000)  # one pass, not cancellable midway
 
 
 class PatchRequest(_Body):
