@@ -785,3 +785,20 @@ def test_failure_view_shows_a_real_predictors_probabilities(tmp_path, page):
         assert answer["predictor"]["path"] in page_.text_content("#failure-box")
         shoot(page_, "safety-failure")
         watch.check()
+
+
+def test_the_api_docs_render_the_schema_offline(live, page):
+    """Swagger UI (/docs) loads only from this server and shows the schema's route groups
+    (Swagger UI 4 could not read FastAPI's OpenAPI 3.1 and showed an error instead)."""
+    page_, watch = page
+    page_.goto(f"{live.url}/docs")
+    page_.wait_for_selector(".swagger-ui .info .title")
+    assert "interpsuite" in page_.inner_text(".swagger-ui .info .title")
+    for tag in ("analyze", "workbench", "pruning"):
+        assert page_.locator(f"#operations-tag-{tag}").count() == 1, tag
+    assert page_.locator(".opblock-summary-path[data-path='/inference']").count() >= 1
+    page_.screenshot(path=str(screenshot_dir() / "api-docs.png"))
+    watch.allowed_404 = (*watch.allowed_404, "/redoc")
+    assert page_.goto(f"{live.url}/redoc").status == 404  # ReDoc would fetch its logo from a CDN
+    watch.check()
+
