@@ -67,6 +67,24 @@ def test_ig_complete_on_tiny_model_and_matches_captum(tiny_models):
     assert (mine - theirs).abs().max().item() < 1e-5
 
 
+@pytest.mark.parametrize("name", ["tiny_llama", "tiny_gpt2"])
+def test_the_target_reads_only_the_last_logits_and_equals_the_full_forward(tiny_models, name):
+    """forward() unembeds the last position only (the target reads nothing else): values and
+    gradients equal those from every position's logits."""
+    model = tiny_models[name]
+    problem, _ = _problem(model, TEXTS[0], target="a", contrast="b")
+    x = torch.cat([problem.embeds, problem.baseline("pad")]).requires_grad_(True)
+    fast = problem.forward(x)
+    (fast_grad,) = torch.autograd.grad(fast.sum(), x)
+    mask = torch.ones(x.shape[:2], dtype=torch.long)
+    full = model.hf_model(inputs_embeds=x, attention_mask=mask).logits[:, -1]
+    spec = problem.spec
+    reference = full[:, spec.target_id] - full[:, spec.contrast_id]
+    (reference_grad,) = torch.autograd.grad(reference.sum(), x)
+    torch.testing.assert_close(fast, reference, rtol=0, atol=1e-5)
+    torch.testing.assert_close(fast_grad, reference_grad, rtol=0, atol=1e-5)
+
+
 @pytest.mark.parametrize("name", ["tiny_llama", "tiny_gpt2", "tiny_bert"])
 def test_analyzer_on_tiny_models_follows_contract_and_leaves_no_hooks(tiny_models, name, tmp_path):
     model = tiny_models[name]

@@ -138,6 +138,11 @@ def test_agreement_checker():
     assert not result["c"]["agrees"] and result["c"]["max_abs_diff_vs_reference"] == pytest.approx(0.1)
     assert result["d"]["max_abs_diff_vs_reference"] == float("inf") and not result["d"]["agrees"]
     assert result["c"]["max_abs_diff_vs_others"]["b"] == pytest.approx(0.09995)
+    # large numbers are compared on their own scale: 2e-3 off at magnitude 400 agrees (5e-6 relative)
+    large = peer_report.agreement({"a": np.array([400.0, -3.0]), "e": np.array([400.002, -3.0])}, "a")
+    assert large["e"]["max_abs_diff_vs_reference"] == pytest.approx(2e-3)
+    assert large["e"]["max_rel_diff_vs_reference"] == pytest.approx(5e-6) and large["e"]["agrees"]
+    assert result["c"]["max_rel_diff_vs_reference"] == pytest.approx(0.05) and not result["c"]["agrees"]
 
 
 def _record(median: float, status: str = "ok") -> dict:
@@ -167,7 +172,8 @@ def test_summary_json_and_markdown(tmp_path):
     json_path, md_path = peer_report.write(report, tmp_path, "peers")
     assert json.loads(json_path.read_text())["workloads"]["capture"]["cells"]["plain"]["ratio_to_interpsuite"] == 4.0
     table = md_path.read_text()
-    assert "| capture of all residual streams | plain | x 1 | sdpa | 8 | 4.00x | 1.0e-06 | yes | 100 | 0 |" in table
+    row = "| capture of all residual streams | plain | x 1 | sdpa | 8 | 4.00x | 1.0e-06 | 1.0e-06 | yes | 100 | 0 |"
+    assert row in table
     assert "skipped: nnsight is not installed" in table
     assert "interpsuite 1.250x" in table
 

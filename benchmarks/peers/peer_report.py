@@ -32,17 +32,35 @@ def max_abs_diff(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.max(np.abs(a.astype(np.float64) - b.astype(np.float64))))
 
 
+def max_rel_diff(a: np.ndarray, reference: np.ndarray) -> float:
+    """max |a - reference| / max |reference|: the difference on the scale of the numbers compared
+    (residual streams reach hundreds, where float32 alone leaves differences of 1e-3)."""
+    diff = max_abs_diff(a, reference)
+    scale = float(np.max(np.abs(reference.astype(np.float64)))) if reference.size else 0.0
+    return diff / scale if scale > 0 and np.isfinite(diff) else diff
+
+
 def agreement(values: dict[str, np.ndarray], reference: str, tolerance: float = TOLERANCE) -> dict[str, dict[str, Any]]:
     """Each cell's max |difference| from the reference cell and from every other cell; it agrees
-    when its difference from the reference is within tolerance. Cells without numbers are absent."""
+    when its difference from the reference is within tolerance, absolute or relative to the
+    reference's largest magnitude. Cells without numbers are absent."""
     result: dict[str, dict[str, Any]] = {}
     for name, value in values.items():
         others = {other: max_abs_diff(value, values[other]) for other in values if other != name}
         vs_reference = 0.0 if name == reference else others.get(reference)
+        relative = None
+        if name == reference:
+            relative = 0.0
+        elif reference in values:
+            relative = max_rel_diff(value, values[reference])
+        agrees = vs_reference is not None and (
+            vs_reference <= tolerance or (relative is not None and relative <= tolerance)
+        )
         result[name] = {
             "max_abs_diff_vs_reference": vs_reference,
+            "max_rel_diff_vs_reference": relative,
             "max_abs_diff_vs_others": others,
-            "agrees": vs_reference is not None and vs_reference <= tolerance,
+            "agrees": agrees,
             "tolerance": tolerance,
         }
     return result
@@ -92,16 +110,16 @@ def markdown(report: dict[str, Any]) -> str:
         f"median of {settings['repeats']} after {settings['warmup']} warm-up; load average "
         f"{_loads(report['load_average']['start'])} at start, {_loads(report['load_average']['end'])} at end.",
         "",
-        "| workload | implementation | library | attention | median s | x interpsuite | max \\|diff\\| | agrees "
-        "| peak RSS MiB | RSS growth MiB |",
-        "|---|---|---|---|---:|---:|---:|---|---:|---:|",
+        "| workload | implementation | library | attention | median s | x interpsuite | max \\|diff\\| | relative "
+        "| agrees | peak RSS MiB | RSS growth MiB |",
+        "|---|---|---|---|---:|---:|---:|---:|---|---:|---:|",
     ]
     for summary in report["workloads"].values():
         for name, cell in summary["cells"].items():
             if cell.get("status") != "ok":
                 lines.append(
                     f"| {summary['title']} | {name} | {cell.get('library', '')} | | {cell.get('status')}: "
-                    f"{cell.get('reason', '')} | | | | | |"
+                    f"{cell.get('reason', '')} | | | | | | |"
                 )
                 continue
             agree = cell.get("agreement")
@@ -110,11 +128,13 @@ def markdown(report: dict[str, Any]) -> str:
                 if name == summary["reference"]
                 else ("-" if agree is None else f"{agree['max_abs_diff_vs_reference']:.1e}")
             )
+            relative = agree.get("max_rel_diff_vs_reference") if agree and name != summary["reference"] else None
+            rel = "-" if relative is None else f"{relative:.1e}"
             agrees = "-" if agree is None else ("yes" if agree["agrees"] else "**no**")
             ratio = cell.get("ratio_to_interpsuite")
             lines.append(
                 f"| {summary['title']} | {name} | {cell.get('library', '')} | {cell.get('attention', '')} | "
-                f"{cell['median_s']:.4g} | {'' if ratio is None else f'{ratio:.2f}x'} | {diff} | {agrees} | "
+                f"{cell['median_s']:.4g} | {'' if ratio is None else f'{ratio:.2f}x'} | {diff} | {rel} | {agrees} | "
                 f"{cell.get('peak_rss_mib', 0):.0f} | {cell.get('rss_growth_mib', 0):.0f} |"
             )
     for summary in report["workloads"].values():
@@ -123,7 +143,8 @@ def markdown(report: dict[str, Any]) -> str:
             lines += ["", f"Capture time / bare forward (no hooks): {ratios}."]
     lines += [
         "",
-        f"Agreement: max |difference| from the reference cell (tolerance {report['tolerance']:g}); "
+        f"Agreement: max |difference| from the reference cell, absolute and relative to the reference's largest "
+        f"magnitude (a cell agrees when either is within {report['tolerance']:g}); "
         "the JSON also holds every pair's difference. Peak RSS is the cell process's "
         "`ru_maxrss` (model loading included; peer and plain cells also hold an unwrapped copy of the model); "
         "RSS growth is how far the timed runs pushed it above the level after setup.",

@@ -51,11 +51,20 @@ class AttributionProblem:
         return int(self.input_ids.shape[1])
 
     def forward(self, embeds: torch.Tensor) -> torch.Tensor:
-        """[B, T, D] -> [B] target values."""
+        """[B, T, D] -> [B] target values.
+
+        A logit target reads the last position only, so only its logits are computed: the
+        unembedding of the other positions (a [T-1, vocab] matmul and its backward) would be
+        about a sixth of each IG step on SmolLM2, for numbers nobody reads."""
         b, t = embeds.shape[:2]
         mask = torch.ones(b, t, dtype=torch.long, device=embeds.device)
-        last = torch.full((b,), t - 1, dtype=torch.long, device=embeds.device)
-        return target_scalar(model_output(self.model, embeds, mask).float(), self.spec, last, mask)
+        if self.model.info.is_causal and self.spec.kind in ("logit", "logit_diff"):
+            last = torch.zeros(b, dtype=torch.long, device=embeds.device)  # the one position kept
+            output = model_output(self.model, embeds, mask, logits_to_keep=1)
+        else:
+            last = torch.full((b,), t - 1, dtype=torch.long, device=embeds.device)
+            output = model_output(self.model, embeds, mask)
+        return target_scalar(output.float(), self.spec, last, mask)
 
     def baseline(self, kind: str) -> torch.Tensor:
         if kind not in BASELINES:

@@ -52,14 +52,16 @@ def target_scalar(output: torch.Tensor, spec: TargetSpec, last_index: torch.Tens
     return torch.nn.functional.cosine_similarity(emb, spec.reference.to(emb).unsqueeze(0), dim=-1)
 
 
-def model_output(model, embeds: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def model_output(model, embeds: torch.Tensor, mask: torch.Tensor, logits_to_keep: int = 0) -> torch.Tensor:
     """Forward from input embeddings: logits (causal) or last hidden state (encoder).
 
     Attribution methods work on float32 embeddings; a half-precision model gets them cast to
-    its own dtype (the cast is differentiable, so gradients still reach the float32 inputs)."""
+    its own dtype (the cast is differentiable, so gradients still reach the float32 inputs).
+    `logits_to_keep` (causal only): the unembedding of only the last that many positions; 0 all."""
     dtype = model.hf_model.get_input_embeddings().weight.dtype
-    out = model.hf_model(inputs_embeds=embeds.to(dtype), attention_mask=mask)
-    return out.logits if model.info.is_causal else out.last_hidden_state
+    if not model.info.is_causal:
+        return model.hf_model(inputs_embeds=embeds.to(dtype), attention_mask=mask).last_hidden_state
+    return model.hf_model(inputs_embeds=embeds.to(dtype), attention_mask=mask, logits_to_keep=logits_to_keep).logits
 
 
 def resolve_target(
