@@ -1,4 +1,4 @@
-"""What every server test checks on every response: the error contract (JSON, one line, no traceback)."""
+"""What the server tests check on every response: the error contract (JSON, one line, no traceback)."""
 
 from __future__ import annotations
 
@@ -11,3 +11,11 @@ def no_traceback(response) -> None:
         body = response.json()
         assert set(body) >= {"error", "message"}, body
         assert "\n" not in body["message"]
+
+
+def error(response, status: int, code: str) -> str:
+    """Assert the status and the error code; the one-line message, for the test to check."""
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert body["error"] == code, body
+    return body["message"]

@@ -32,7 +32,7 @@ from interpsuite.results import Result  # noqa: E402
 from interpsuite.server.app import create_app  # noqa: E402
 from interpsuite.server.settings import ServerSettings  # noqa: E402
 from interpsuite.testing import cached_model  # noqa: E402
-from tests.server_support import no_traceback  # noqa: E402
+from tests.server_support import error, no_traceback  # noqa: E402
 
 TEXT = "The cat sat on the mat."
 TOKEN = "s3cret-token-for-tests"
@@ -129,13 +129,6 @@ def client(make_client) -> TestClient:
 
 def state(client: TestClient):
     return client.app.state.server
-
-
-def error(response, status: int, code: str) -> str:
-    assert response.status_code == status, response.text
-    body = response.json()
-    assert body["error"] == code, body
-    return body["message"]
 
 
 # --- cheap endpoints ---------------------------------------------------------------------------------

@@ -24,7 +24,7 @@ from interpsuite.plugins import get_registry  # noqa: E402
 from interpsuite.server.app import create_app  # noqa: E402
 from interpsuite.server.settings import ServerSettings  # noqa: E402
 from interpsuite.testing import cached_model  # noqa: E402
-from tests.server_support import no_traceback  # noqa: E402
+from tests.server_support import error, no_traceback  # noqa: E402
 
 HOOK = "blocks.1.resid_post"
 WIDTH = 48
@@ -69,13 +69,6 @@ def client(tmp_path, registry, artifacts) -> TestClient:
     with TestClient(create_app(settings, registry=registry, model=cached_model("tiny_llama"))) as client:
         client.event_hooks = {"request": [], "response": [no_traceback]}
         yield client
-
-
-def error(response, status: int, code: str) -> str:
-    assert response.status_code == status, response.text
-    body = response.json()
-    assert body["error"] == code, body
-    return body["message"]
 
 
 def load(client: TestClient, path: str = "saes/a") -> dict:
