@@ -125,7 +125,9 @@ def test_cell_subprocess_records_its_facts(tmp_path):
 
 def test_missing_library_skips_the_cell(tmp_path, monkeypatch):
     monkeypatch.setitem(peer_cell.REQUIRES, "impl_nnsight", "no-such-distribution-for-interpsuite")
+    threads = torch.get_num_threads()
     record = peer_cell.run_cell("attention", "nnsight", "tiny_llama", "cpu", 1, 1, 1, True, tmp_path)
+    assert torch.get_num_threads() == threads  # the cell's setting does not leak into this process
     assert record["status"] == "skipped" and "no-such-distribution" in record["reason"]
     assert not (tmp_path / "values.safetensors").exists()
 

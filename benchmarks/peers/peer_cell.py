@@ -98,11 +98,25 @@ def peak_rss_mib() -> float:
 def run_cell(
     workload: str, impl: str, model: str, device: str, threads: int, repeats: int, warmup: int, quick: bool, out: Path
 ) -> dict[str, Any]:
-    """Build the cell, run it warmup + repeats times, write cell.json and values.safetensors."""
+    """Build the cell, run it warmup + repeats times, write cell.json and values.safetensors.
+    Torch's thread count is set for the cell and put back afterwards (a test may call this in
+    its own process, whose later tests must not inherit one thread)."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        return _measure(workload, impl, model, device, threads, repeats, warmup, quick, out)
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _measure(
+    workload: str, impl: str, model: str, device: str, threads: int, repeats: int, warmup: int, quick: bool, out: Path
+) -> dict[str, Any]:
     import torch
     from safetensors.torch import save_file
 
-    torch.set_num_threads(threads)
     module_name = module_of(workload, impl)
     record: dict[str, Any] = {
         "workload": workload,
