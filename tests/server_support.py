@@ -1,6 +1,30 @@
-"""What the server tests check on every response: the error contract (JSON, one line, no traceback)."""
+"""What the server and browser tests share: the error contract on every response (JSON, one line,
+no traceback), a free loopback port, and Debian's chromium driven by Playwright."""
 
 from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import pytest
+
+#: Debian's chromium (`apt-get install chromium`): Playwright's own browser download cannot work here
+CHROMIUM = Path("/usr/bin/chromium")
+
+
+def free_port() -> int:
+    """A loopback port nothing listens on (the OS picks it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def browser_or_skip():
+    """(playwright.sync_api, the chromium path), or skip the test saying what is missing."""
+    sync_api = pytest.importorskip("playwright.sync_api")
+    if not CHROMIUM.exists():
+        pytest.skip("no /usr/bin/chromium (apt-get install chromium)")
+    return sync_api, CHROMIUM
 
 
 def no_traceback(response) -> None:

@@ -30,6 +30,7 @@ import uvicorn  # noqa: E402
 from interpsuite.server.app import create_app  # noqa: E402
 from interpsuite.server.settings import ServerSettings  # noqa: E402
 from interpsuite.testing import cached_model  # noqa: E402
+from tests.server_support import browser_or_skip  # noqa: E402
 
 TEXT = "The cat sat on the mat."
 HOSTILE = "<img src=x onerror=\"document.title='pwned'\">"
@@ -38,14 +39,6 @@ HOOK = "blocks.1.resid_post"
 #: playwright's wait budget per step: a failing test fails instead of hanging (not a timing assertion)
 WAIT_MS = 120_000
 REPO = Path(__file__).resolve().parent.parent
-
-
-def _browser():
-    sync_api = pytest.importorskip("playwright.sync_api")
-    chromium = Path("/usr/bin/chromium")
-    if not chromium.exists():
-        pytest.skip("no /usr/bin/chromium (apt-get install chromium)")
-    return sync_api, chromium
 
 
 def screenshot_dir() -> Path:
@@ -156,7 +149,7 @@ class Watch:
 
 @pytest.fixture
 def page() -> Iterator[tuple]:
-    sync_api, chromium = _browser()
+    sync_api, chromium = browser_or_skip()
     with sync_api.sync_playwright() as p:
         try:
             browser = p.chromium.launch(executable_path=str(chromium), args=["--no-sandbox"])
@@ -742,25 +735,12 @@ def test_pruning_plan_export_and_batch_curves_show_the_api_values(live, page):
     watch.check()
 
 
-FAILURE_PROMPTS = [
-    "The cat sat on the", "One two three four", "The capital of France is", "Water boils at",
-    "Once upon a time", "The sun rises in the", "Red, green and", "My favourite colour is",
-    "In the beginning", "The quick brown fox", "She opened the door and", "The answer is",
-    "Monday, Tuesday,", "A B C D", "Good morning, how", "The first man on the Moon was",
-]  # fmt: skip
-
-
 def test_failure_view_shows_a_real_predictors_probabilities(tmp_path, page):
     """A FailurePredictor fitted on tiny_llama (real features of 16 prompts, alternating labels: cheap)
     saved where the server looks by default (a run's data/failure_prediction/predictor)."""
-    np = pytest.importorskip("numpy")
-    from interpsuite_plugins.safety.failure import FailurePredictor, extract
+    from tests.test_server_safety import fit_predictor
 
-    model = cached_model("tiny_llama")
-    families = ["output", "residual", "probe"]
-    data = extract(model, FAILURE_PROMPTS, families, batch_size=8)
-    labels = np.arange(len(FAILURE_PROMPTS)) % 2
-    predictor = FailurePredictor.fit(data, labels, model=model, families=families, c_grid=[1.0], folds=2)
+    predictor = fit_predictor(cached_model("tiny_llama"))
     predictor.save(tmp_path / "runs" / "fitted" / "data" / "failure_prediction" / "predictor")
     page_, watch = page
     with serve(tmp_path) as live:

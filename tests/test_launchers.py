@@ -36,6 +36,7 @@ from interpsuite.launchers import (
 )
 from interpsuite.results import read_results
 from interpsuite.sweep_summary import summarize_sweep
+from tests.server_support import free_port
 
 #: 4 cheap jobs: activation stats of a tiny Llama, one per seed (the seed sets its weights)
 JOB = ["model=tiny_llama", "+analyzers.activation_stats={}", "data.limit=4", "progress=false", "wandb.mode=disabled"]
@@ -53,12 +54,6 @@ def _cli(args: list[str], cwd: Path, timeout: int = 600, env: dict | None = None
         text=True,
         timeout=timeout,
     )
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _jobs(proc: subprocess.CompletedProcess, key: str) -> dict[int, tuple[str, int]]:
@@ -182,7 +177,7 @@ def ray_head():
     processes this test started (never `ray stop`, which stops every Ray on the machine)."""
     pytest.importorskip("ray")
     pytest.importorskip("hydra_plugins.hydra_ray_launcher")
-    port = _free_port()
+    port = free_port()
     temp_dir = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # short: Ray's socket paths must stay < 108 chars
     ray = Path(sys.executable).with_name("ray")
     command = [str(ray), "start", "--head", "--block", "--num-cpus", "2", "--port", str(port)]
@@ -256,7 +251,7 @@ def test_a_ray_cluster_that_wants_a_token_is_one_error(tmp_path, ray_head):
 
 def test_a_ray_address_that_does_not_answer_is_one_error(tmp_path):
     pytest.importorskip("hydra_plugins.hydra_ray_launcher")
-    address = f"127.0.0.1:{_free_port()}"  # nothing listens there
+    address = f"127.0.0.1:{free_port()}"  # nothing listens there
     sweep = tmp_path / "sweep"
     proc = _cli(
         [

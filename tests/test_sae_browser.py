@@ -27,6 +27,8 @@ from interpsuite_plugins.sae.features import (
     QuantileGroup,
 )
 
+from tests.server_support import browser_or_skip
+
 HOSTILE = "<img src=x onerror=alert(1)>"
 CLOSER = "</script><script>alert(2)</script>"
 WORDS = [" the", " cat", " sat", "ing", "\n", " café", "🙂", '"q"', "\\", "<!--", "&amp;", " $", CLOSER, HOSTILE]
@@ -164,16 +166,8 @@ def test_embed_json_and_title_edge_cases():
     assert html.count('"entries"') == 1 and "a __DATA__ title" in html
 
 
-def _browser():
-    sync_api = pytest.importorskip("playwright.sync_api")
-    chromium = Path("/usr/bin/chromium")
-    if not chromium.exists():
-        pytest.skip("no /usr/bin/chromium (apt-get install chromium)")
-    return sync_api, chromium
-
-
 def test_a_headless_browser_searches_clicks_and_renders(page, report):
-    sync_api, chromium = _browser()
+    sync_api, chromium = browser_or_skip()
     _, path = page
     with sync_api.sync_playwright() as p:
         try:

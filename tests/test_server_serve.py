@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,6 +16,7 @@ pytest.importorskip("uvicorn")
 import httpx  # noqa: E402
 
 from interpsuite.cli import main  # noqa: E402
+from tests.server_support import free_port  # noqa: E402
 
 TOKEN = "serve-test-token-0123456789"
 
@@ -39,12 +39,6 @@ def test_refuses_unsafe_or_broken_settings(capsys, tmp_path):
     assert "cannot read it" in one_line_error(capsys, ["serve", "--token-file", str(tmp_path)])
     assert "--workers 0" in one_line_error(capsys, ["serve", "--workers", "0"])
     assert "--cors-origin" in one_line_error(capsys, ["serve", "--cors-origin", "evil.example"])
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_serve_in_a_subprocess(tmp_path):
