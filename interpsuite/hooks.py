@@ -401,6 +401,10 @@ class PassState:
         self.plan = plan
         self.start_layer = start_layer
         self.start_resid: torch.Tensor | None = None
+        #: rows joining the pass at later layers ({layer: their resid_pre}), appended after the
+        #: running rows, and the batch's full row count (see `HookedModel.forward`)
+        self.joins: dict[int, torch.Tensor] = {}
+        self.full_rows = 0
         self.cache = plan.cache
         self.values: dict[str, torch.Tensor] = {}  # what `requires` asked for, post-intervention
         # a pass inside `model.hooks(...)` also does what the enclosing block asked for (first),

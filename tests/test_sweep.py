@@ -13,7 +13,8 @@ import math
 import pytest
 import torch
 
-from interpsuite.hooks import Intervention, per_row_positions, position_lists
+from interpsuite.errors import HookError
+from interpsuite.hooks import Intervention, hook_layer, per_row_positions, position_lists
 from interpsuite.models.sweep import (
     PassCost,
     computed_before,
@@ -278,3 +279,89 @@ def test_planner_does_not_start_late_items_early():
     starts = [(0, 0)] * 4 + [(5, 10)] * 4
     passes = plan_passes(starts, 4, 1, 6, 12, cost=PassCost(1.0, 1.0))
     assert sorted(map(sorted, passes)) == [[0, 1, 2, 3], [4, 5, 6, 7]]
+
+
+# --- rows join a pass at their own layer ----------------------------------------------------------
+def rows_per_block(model):
+    """Hooks counting the rows each block's MLP computes (blocks a pass skips compute nothing)."""
+    counts = [0] * model.info.n_layers
+    handles = []
+    for layer in range(model.info.n_layers):
+        mlp = model.adapter.sites[f"blocks.{layer}.mlp.out"].module
+
+        def count(module, args, layer=layer):
+            counts[layer] += int(args[0].shape[0])
+
+        handles.append(mlp.register_forward_pre_hook(count))
+    return counts, handles
+
+
+def test_no_row_computes_a_block_before_its_item_can_change_it(tiny_arch_model):
+    """The whole point of staged passes: the rows of an item starting at layer L are computed
+    by blocks L.. only, however the items are grouped (padding and the batch's own masks
+    included), and the numbers equal one pass per item, for every adapter."""
+    model = tiny_arch_model
+    batch = model.tokenize(TEXTS)
+    n_layers = model.info.n_layers
+    items = [[Intervention(f"blocks.{layer}.attn.z", "zero", heads=[h])] for layer in range(n_layers) for h in (0, 1)]
+    keep, column = keep_argument(batch, 0)
+    metric = log_probs(model, column)
+    expected = looped(model, batch, items, metric, [], keep)
+    for batch_size in (3 * 2 * batch.size, 5 * batch.size, 64 * batch.size):
+        counts, handles = rows_per_block(model)
+        try:
+            with torch.no_grad():
+                swept = model.sweep(batch, items, metric, batch_size=batch_size, logits_to_keep=keep)
+        finally:
+            for handle in handles:
+                handle.remove()
+        torch.testing.assert_close(swept, expected, atol=TOLERANCE, rtol=0)
+        # the reference run computes every block once; item rows only from their own layer on
+        started = [sum(1 for item in items if hook_layer(item[0].hook) <= layer) for layer in range(n_layers)]
+        assert counts == [batch.size * (1 + n) for n in started], f"batch_size={batch_size}"
+
+
+def test_forward_with_joining_rows_equals_each_row_alone(tiny_models):
+    """`forward(joins=...)`: one copy entering at layer 0 and two at layer 1 (after a prefix of
+    4 clean positions, with padded rows), each with an intervention at its own layer (and
+    positions after the prefix), equal
+    three ordinary passes; malformed joins are refused before anything runs."""
+    model = tiny_models["tiny_llama"]
+    batch = model.tokenize(TEXTS)
+    rows, width = batch.size, batch.input_ids.shape[1]
+    out, prefix = model.reference_run(batch, ["embed", "blocks.1.resid_pre"])
+    start = 4
+    own = [
+        Intervention("blocks.0.mlp.out", "scale", factor=0.5, positions=[start, 9]),
+        Intervention("blocks.1.mlp.out", "scale", factor=-1.5, positions=[start + 2]),
+        Intervention("blocks.1.attn.z", "zero", heads=[1], positions=[7, 12]),
+    ]
+    expected = [model.forward(batch, interventions=[iv]).output[:, start:] for iv in own]
+    moved = [iv.with_rows(list(range(j * rows, (j + 1) * rows))) for j, iv in enumerate(own)]
+    resid = {0: out.cache["embed"][:, start:], 1: out.cache["blocks.1.resid_pre"][:, start:]}
+    joined = model.forward(
+        batch.repeat(3),
+        interventions=[shift_positions(model, iv, start, width) for iv in moved],
+        start_layer=0,
+        start_resid=resid[0],
+        joins={1: resid[1].repeat(2, 1, 1)},
+        prefix=prefix.truncated(start),
+    ).output
+    assert joined.shape == (3 * rows, width - start, model.info.vocab_size)
+    for j in range(3):
+        torch.testing.assert_close(joined[j * rows : (j + 1) * rows], expected[j], atol=TOLERANCE, rtol=0)
+    with pytest.raises(HookError, match="join only at layers 1..1"):
+        model.forward(batch.repeat(2), start_layer=0, start_resid=resid[0], joins={0: resid[0]})
+    with pytest.raises(HookError, match="hold 6 rows for a batch of 9"):
+        model.forward(batch.repeat(3), start_layer=0, start_resid=resid[0], joins={1: resid[1]})
+    assert model.hooks_left() == 0
+
+
+def test_staged_planner_fills_passes_across_layers():
+    """Rows join at their own layer, so mixing layers in a pass wastes nothing and the planner
+    fills every pass; without staging it keeps each layer's items apart."""
+    starts = [(layer, 0) for layer in range(6) for _ in range(3)]
+    cost = PassCost(per_layer=1.0, per_pass=1.0)
+    staged = plan_passes(starts, 4, 1, 6, 12, cost, staged=True)
+    assert [len(p) for p in staged] == [4, 4, 4, 4, 2]
+    assert len(plan_passes(starts, 4, 1, 6, 12, cost)) > len(staged)

@@ -13,7 +13,7 @@ import contextlib
 import inspect
 import threading
 import types
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -124,11 +124,17 @@ class PrefixCache:
     def length(self) -> int:
         return int(self.keys[0].shape[2])
 
-    def cache(self, copies: int):
+    def cache(self, copies: int | Sequence[int]):
+        """A cache of `copies` copies of the prefix, or per layer (a pass whose rows join at
+        later layers holds only the rows running at each layer)."""
         from transformers import DynamicCache
 
-        pairs = zip(self.keys, self.values, strict=True)
-        return DynamicCache(ddp_cache_data=[(k.repeat(copies, 1, 1, 1), v.repeat(copies, 1, 1, 1)) for k, v in pairs])
+        per_layer = [copies] * len(self.keys) if isinstance(copies, int) else list(copies)
+        data = [
+            (k.repeat(n, 1, 1, 1), v.repeat(n, 1, 1, 1))
+            for k, v, n in zip(self.keys, self.values, per_layer, strict=True)
+        ]
+        return DynamicCache(ddp_cache_data=data)
 
     def truncated(self, length: int) -> PrefixCache:
         return PrefixCache([k[:, :, :length] for k in self.keys], [v[:, :, :length] for v in self.values], self.rows)
@@ -194,11 +200,25 @@ class HookedModel:
 
         def start_hook(module, args, kwargs):
             state = current_pass(owner)
-            if state is None or state.start_resid is None or layer != state.start_layer:
+            if state is None or state.start_resid is None or layer < state.start_layer:
                 return None
+            if layer == state.start_layer:
+                hidden = state.start_resid
+            elif not state.joins:
+                return None
+            else:
+                hidden = args[0] if args else kwargs["hidden_states"]
+                joining = state.joins.get(layer)
+                if joining is not None:
+                    hidden = torch.cat([hidden, joining])
+            if state.joins and hidden.shape[0] != state.full_rows:
+                # the block sees only the rows running so far: cut the batch axis of the
+                # masks and other per-row tensors the model computed for the whole batch
+                args = _first_rows(args, hidden.shape[0], state.full_rows)
+                kwargs = _first_rows(kwargs, hidden.shape[0], state.full_rows)
             if args:
-                return (state.start_resid, *args[1:]), kwargs
-            return args, {**kwargs, "hidden_states": state.start_resid}
+                return (hidden, *args[1:]), kwargs
+            return args, {**kwargs, "hidden_states": hidden}
 
         start_hook.interpsuite = True
         handle = block.register_forward_pre_hook(start_hook, with_kwargs=True, prepend=True)
@@ -239,11 +259,20 @@ class HookedModel:
         self.close()
 
     @contextlib.contextmanager
-    def _pass(self, plan: HookPlan, start_layer: int = 0, start_resid: torch.Tensor | None = None):
+    def _pass(
+        self,
+        plan: HookPlan,
+        start_layer: int = 0,
+        start_resid: torch.Tensor | None = None,
+        joins: dict[int, torch.Tensor] | None = None,
+        full_rows: int = 0,
+    ):
         if self._closed:
             raise HookError("this HookedModel was closed; wrap the model again to use hooks")
         state = PassState(self, self.adapter.sites, plan, start_layer, parent=current_pass(self))
         state.start_resid = start_resid
+        state.joins = joins or {}
+        state.full_rows = full_rows
         token = CURRENT_PASS.set(state)
         with self._count_lock:
             self._open_passes += 1
@@ -434,6 +463,7 @@ class HookedModel:
         start_layer: int | None = None,
         start_resid: torch.Tensor | None = None,
         prefix: PrefixCache | None = None,
+        joins: Mapping[int, torch.Tensor] | None = None,
     ) -> ForwardResult:
         """One forward pass with captures and interventions.
 
@@ -442,27 +472,45 @@ class HookedModel:
         (causal LMs), positions before `prefix.length` are not recomputed either: their keys
         and values come from the clean run, `start_resid` holds only the later positions, and
         captures, interventions and `logits_to_keep` address positions from `prefix.length` on.
+
+        With `joins` ({layer: rows' resid_pre there}), rows enter the pass in stages: it starts
+        with `start_resid`'s rows at `start_layer` and appends `joins[L]`'s rows after those
+        already running as it reaches layer L (the batch's rows must be ordered so, and every
+        intervention must lie at or after its rows' layer). Each row then costs only the blocks
+        from its own start, which is what a sweep whose items start at different layers needs.
+        With a `prefix`, its cache holds the running rows of each layer (`PrefixCache.cache`).
         """
         capture = tuple(capture)
         interventions = tuple(interventions)
         kwargs: dict = {"attention_mask": batch.attention_mask, "use_cache": False}
         if self.info.is_causal:
             kwargs["logits_to_keep"] = logits_to_keep
-        skip = (start_layer is not None and start_layer > 0) or prefix is not None
+        joins = dict(joins or {})
+        skip = (start_layer is not None and start_layer > 0) or prefix is not None or bool(joins)
         start_layer = start_layer or 0
         if skip:
             if start_resid is None:
                 raise HookError("start_layer needs start_resid (the clean resid_pre at that layer)")
+            _check_joins(joins, start_layer, start_resid, batch.size, self.info.n_layers)
             early = [n for n in (*capture, *(iv.hook for iv in interventions)) if hook_layer(n) < start_layer]
             if early:
                 raise HookError(f"hook points {early} lie before start_layer={start_layer}")
-            kwargs["inputs_embeds"] = start_resid  # only its shape matters: the start block reads start_resid
+            # only its shape matters (the whole batch): the start block reads start_resid
+            whole = start_resid.new_zeros(batch.size, *start_resid.shape[1:]) if joins else start_resid
+            kwargs["inputs_embeds"] = whole
             if prefix is not None:
-                kwargs[self._cache_keyword] = prefix.cache(batch.size // prefix.rows)
+                kwargs[self._cache_keyword] = prefix.cache(
+                    _running_copies(joins, start_layer, start_resid.shape[0], self.info.n_layers, prefix.rows)
+                    if joins
+                    else batch.size // prefix.rows
+                )
         else:
             kwargs["input_ids"] = batch.input_ids
         plan = HookPlan(capture, interventions, detach=not grad)
-        with torch.set_grad_enabled(grad), self._pass(plan, start_layer, start_resid if skip else None) as state:
+        with (
+            torch.set_grad_enabled(grad),
+            self._pass(plan, start_layer, start_resid if skip else None, joins, batch.size) as state,
+        ):
             out = self.hf_model(**kwargs)
         state.check_fired()
         output = out.logits if self.info.is_causal else out.last_hidden_state
@@ -527,6 +575,46 @@ class HookedModel:
     def hooks_left(self) -> int:
         """Passes of this model still open in any thread (0 between calls, also after errors)."""
         return self._open_passes
+
+
+def _check_joins(
+    joins: Mapping[int, torch.Tensor], start_layer: int, start_resid: torch.Tensor, rows: int, n_layers: int
+) -> None:
+    """Staged rows must join after the start, inside the model, and add up to the batch."""
+    if not joins:
+        return
+    bad = [layer for layer in joins if not start_layer < layer < n_layers]
+    if bad:
+        raise HookError(f"rows may join only at layers {start_layer + 1}..{n_layers - 1} of this pass, not {bad}")
+    total = start_resid.shape[0] + sum(int(t.shape[0]) for t in joins.values())
+    if total != rows:
+        raise HookError(f"start_resid and joins hold {total} rows for a batch of {rows}")
+
+
+def _running_copies(
+    joins: Mapping[int, torch.Tensor], start_layer: int, first_rows: int, n_layers: int, rows_per_copy: int
+) -> list[int]:
+    """Copies of the prefix each layer's cache holds: the rows running there."""
+    running, counts = first_rows, []
+    for layer in range(n_layers):
+        if layer > start_layer and layer in joins:
+            running += int(joins[layer].shape[0])
+        counts.append(running // rows_per_copy)  # below the start: never read
+    return counts
+
+
+def _first_rows(value, n: int, full: int):
+    """`value` with every per-row tensor (a batch axis of `full` rows, at least 2-d) cut to its
+    first n rows, inside tuples, lists and dicts; anything else (caches, 1-d positions) as is."""
+    if isinstance(value, torch.Tensor):
+        return value[:n] if value.ndim >= 2 and value.shape[0] == full else value
+    if isinstance(value, tuple):
+        return tuple(_first_rows(v, n, full) for v in value)
+    if isinstance(value, list):
+        return [_first_rows(v, n, full) for v in value]
+    if isinstance(value, dict):
+        return {k: _first_rows(v, n, full) for k, v in value.items()}
+    return value
 
 
 def _output_cache(out):

@@ -9,6 +9,7 @@ can differ from the reference, so recomputing it would be waste.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import math
 from collections.abc import Callable, Iterable, Sequence
@@ -59,7 +60,9 @@ def sweep(
     With `reuse_prefix`, a pass starts where its items first touch the model, from the
     reference run (the inputs with `base`): at the earliest layer (fed the reference residual
     stream), and in causal LMs also at the earliest position (attending to the reference keys
-    and values of the positions before it). This is exact, since nothing before that point
+    and values of the positions before it). Each item's rows join the pass at the item's own
+    first layer (the pass's batch grows as it goes deeper), so no row computes a block
+    before its item can change anything. This is exact, since nothing before that point
     can differ; base interventions computed before the start are already in what the pass
     is fed, so the base never forces a pass to start early. Items are grouped into passes by
     `plan_passes`. `reuse_prefix=False` runs every pass in full (the reference path).
@@ -78,27 +81,38 @@ def sweep(
         ]
     else:
         starts = [(0, 0)] * n_items
-    passes = plan_passes(starts, items_per_pass, rows_per_item, n_layers, width, PassCost.of(model.info))
-    pass_starts = [(min(starts[i][0] for i in p), min(starts[i][1] for i in p)) for p in passes]
-    resid, prefix = _reference(model, batch, base, pass_starts)
+    passes = plan_passes(
+        starts, items_per_pass, rows_per_item, n_layers, width, PassCost.of(model.info), staged=reuse_prefix
+    )
+    # rows join a pass at their own start layer (in order), from the reference run
+    passes = [sorted(chunk, key=lambda i: starts[i][0]) for chunk in passes]
+    pass_starts = [(starts[p[0]][0], min(starts[i][1] for i in p)) for p in passes]
+    staged = [
+        reuse_prefix and (start != (0, 0) or starts[p[-1]][0] > 0) for p, start in zip(passes, pass_starts, strict=True)
+    ]
+    fed = sorted({starts[i][0] for p, on in zip(passes, staged, strict=True) if on for i in p})
+    resid, prefix = _reference(model, batch, base, fed, max((s[1] for s in pass_starts), default=0))
     results: torch.Tensor | None = None
-    for chunk, (layer, position) in zip(progress(passes) if progress else passes, pass_starts, strict=True):
+    for chunk, (layer, position), on in zip(progress(passes) if progress else passes, pass_starts, staged, strict=True):
         copies = len(chunk)
         repeated = batch.repeat(copies)
         item_ivs = _per_copy(model, [items[i] for i in chunk], rows_per_item)
-        if layer == 0 and position == 0:
+        if not on:
             base_ivs = _per_copy(model, [base] * copies, rows_per_item)
             out = model.forward(repeated, interventions=[*base_ivs, *item_ivs], logits_to_keep=logits_to_keep).output
         else:
-            pending = [iv for iv in base if not computed_before(iv.hook, layer)]
-            base_ivs = _per_copy(model, [pending] * copies, rows_per_item)
+            copy_layers = [starts[i][0] for i in chunk]
+            pending = [[iv for iv in base if not computed_before(iv.hook, at)] for at in copy_layers]
+            base_ivs = _per_copy(model, pending, rows_per_item)
             shifted = [s for iv in (*base_ivs, *item_ivs) if (s := shift_positions(model, iv, position, width))]
+            joining = collections.Counter(copy_layers)
             out = model.forward(
                 repeated,
                 interventions=shifted,
                 logits_to_keep=_shift_keep(logits_to_keep, position),
                 start_layer=layer,
-                start_resid=resid[layer][:, position:].repeat(copies, 1, 1),
+                start_resid=resid[layer][:, position:].repeat(joining[layer], 1, 1),
+                joins={at: resid[at][:, position:].repeat(n, 1, 1) for at, n in joining.items() if at != layer},
                 prefix=prefix.truncated(position) if position > 0 and prefix is not None else None,
             ).output
         values = metric(out, repeated)
@@ -289,14 +303,12 @@ def _merge_key(model, iv: Intervention) -> tuple | None:
 
 # --- the reference run -----------------------------------------------------------------------
 def _reference(
-    model, batch: TokenBatch, base: Sequence[Intervention], starts: Sequence[Start]
+    model, batch: TokenBatch, base: Sequence[Intervention], layers: Sequence[int], longest: int
 ) -> tuple[dict[int, torch.Tensor], PrefixCache | None]:
-    """The reference run (inputs with `base`): the residual stream entering every layer a pass
-    starts at (`start_point`), and the keys/values of the positions passes skip."""
-    layers = sorted({layer for layer, position in starts if layer > 0 or position > 0})
+    """The reference run (inputs with `base`): the residual stream entering every layer rows
+    start at (`start_point`), and the keys/values of the first `longest` positions."""
     if not layers:
         return {}, None
-    longest = max(position for _, position in starts)
     names = [start_point(layer) for layer in layers]
     out, prefix = model.reference_run(batch, names, interventions=base, keep_prefix=longest > 0)
     resid = {layer: out.cache[start_point(layer)] for layer in layers}
@@ -329,12 +341,17 @@ def plan_passes(
     n_layers: int,
     width: int,
     cost: PassCost,
+    *,
+    staged: bool = False,
 ) -> list[list[int]]:
     """Group items into passes of up to `items_per_pass`, by estimated cost.
 
     A pass starting at (layer L, position p) costs about (n_layers - L) x (rows x (width - p)
     + cost.per_layer) + cost.per_pass token-layers: every row is computed from the earliest
-    item's start, and running a layer, or a pass, at all has a fixed cost. Items are tiled
+    item's start, and running a layer, or a pass, at all has a fixed cost. With `staged`, a
+    row joins the pass at its own item's layer instead (`HookedModel.forward(joins=...)`), so
+    item i costs (n_layers - L_i) x rows x (width - p) and only positions and the fixed costs
+    make grouping matter. Items are tiled
     into blocks of (distinct) layers x positions, each tile sorted by (layer, position) and
     cut into passes; the tiling with the smallest estimated cost wins. Tiles shaped like the
     spread of the starts keep the waste of a pass on its later items small; larger tiles mean
@@ -361,9 +378,14 @@ def plan_passes(
             sizes = np.diff(np.append(bounds, n_items))
             first_layers = np.minimum.reduceat(layer[order], bounds)
             first_positions = np.minimum.reduceat(position[order], bounds)
-            rows = sizes * rows_per_item
             layers = n_layers - first_layers
-            compute = float(np.sum(layers * (rows * (width - first_positions) + cost.per_layer)))
+            if staged:
+                item_layers = np.add.reduceat(n_layers - layer[order], bounds)
+                per_pass = item_layers * rows_per_item * (width - first_positions) + layers * cost.per_layer
+                compute = float(np.sum(per_pass))
+            else:
+                rows = sizes * rows_per_item
+                compute = float(np.sum(layers * (rows * (width - first_positions) + cost.per_layer)))
             total = compute + cost.per_pass * len(sizes)
             if best is None or total < best[0]:
                 best = (total, order, bounds)
