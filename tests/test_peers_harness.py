@@ -1,7 +1,9 @@
 """The peer benchmark harness (benchmarks/peers) on tiny_llama: every cell's numbers agree with
 interpsuite's, a cell runs in its own process and records its facts, and the report is right.
 
-Peer cells whose library is not installed are skipped (they belong to the `peers` extra)."""
+Peer cells whose library is not installed are skipped (they belong to the `peers` extra, the
+SAELens cell to the `sae` extra). The concurrency workload's peer cells share one model between
+threads and may race: their numbers are not required to agree, only reported."""
 
 from __future__ import annotations
 
@@ -21,7 +23,7 @@ sys.path.insert(0, str(PEERS))
 
 import peer_cell  # noqa: E402
 import peer_report  # noqa: E402
-from peer_workloads import build_problem  # noqa: E402
+from peer_workloads import build_problem, run_threads, sae_spec, thread_slices  # noqa: E402
 
 from interpsuite.errors import ConfigError  # noqa: E402
 
@@ -29,12 +31,19 @@ _spec = importlib.util.spec_from_file_location("interpsuite_peers_run", PEERS / 
 peers_run = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(peers_run)
 
-LIBRARY_IMPORT = {"impl_tlens": "transformer_lens", "impl_nnsight": "nnsight", "impl_captum": "captum"}
+LIBRARY_IMPORT = {
+    "impl_tlens": "transformer_lens",
+    "impl_nnsight": "nnsight",
+    "impl_captum": "captum",
+    "impl_saelens": "sae_lens",
+}
+#: peer cells of the workloads that report races: they may differ from the reference by design
+RACING = {(workload, name) for workload in peer_report.RACE_REPORTED for name, _ in peer_cell.CELLS[workload][1:]}
 ALL_CELLS = [
     (workload, name, module)
     for workload, cells in peer_cell.CELLS.items()
     for name, module in cells
-    if (workload, name) not in peer_cell.NO_VALUES
+    if (workload, name) not in peer_cell.NO_VALUES and (workload, name) not in RACING
 ]
 
 
@@ -92,6 +101,64 @@ def test_sweeps_measure_something(problem, references):
     assert torch.allclose(patterns.sum(-1), torch.ones_like(patterns.sum(-1)), atol=1e-5)
 
 
+def test_sae_workload_edits_move_the_logits(problem, references):
+    """The SAE's features partly fire on the prompt, and each edit changes the last logits."""
+    spec = sae_spec(problem)
+    assert spec.hook == "blocks.1.resid_post" and spec.W_enc.shape == (64, 512)
+    with torch.no_grad():
+        activation = problem.model.forward(problem.clean, capture=[spec.hook]).cache[spec.hook]
+    firing = (spec.encode(activation) > 0).float().mean().item()
+    assert 0.05 < firing < 0.95
+    logits = references["sae"]
+    assert logits.shape == (len(spec.features), problem.model.info.vocab_size)
+    assert len(set(spec.features)) == len(spec.features)
+    assert (logits[1:] - logits[:-1]).abs().amax(dim=1).min() > 1e-3  # every edit differs from the last
+
+
+def test_concurrency_equals_the_sequential_head_sweep(problem, references):
+    """4 threads on one HookedModel give bitwise the numbers of the same slices run one after
+    another, and the head_sweep workload's numbers up to float rounding (other batching)."""
+    impl = importlib.import_module("impl_interpsuite")
+    values = references["concurrency"].float()
+    sequential = torch.empty(len(problem.heads))
+    for indices in thread_slices(len(problem.heads)):
+        sequential[indices] = impl._head_sweep(problem, impl.README_BATCH_SIZE, indices).float()
+    assert torch.equal(values, sequential)
+    assert (values.double() - references["head_sweep"]).abs().max() <= 1e-6
+    assert values.std() > 0
+
+
+@pytest.mark.parametrize(("workload", "name"), sorted(RACING), ids=[f"{w}-{n}" for w, n in sorted(RACING)])
+def test_racing_peer_cells_finish(problem, workload, name):
+    """A peer on 4 threads may race, but its cell finishes: one number per head, or an error."""
+    module = dict(peer_cell.CELLS[workload])[name]
+    _needs(module)
+    cell = importlib.import_module(module).BUILDERS[(workload, name)](problem)
+    try:
+        values = cell.run()
+    except Exception as error:  # a peer that refuses threads: recorded as the cell's error
+        assert str(error)
+    else:
+        assert values.shape == (len(problem.heads),) and torch.isfinite(values).all()
+
+
+def test_concurrency_cell_raises_when_threads_disagree(problem, monkeypatch):
+    """The interpsuite cell's self-check can fail: numbers off by one ulp make it raise."""
+    impl = importlib.import_module("impl_interpsuite")
+    cell = impl.BUILDERS[("concurrency", "interpsuite")](problem)
+    monkeypatch.setattr(impl, "run_threads", lambda job, n: torch.nextafter(run_threads(job, n), torch.tensor(9.0)))
+    with pytest.raises(RuntimeError, match="differ from the sequential slices"):
+        cell.run()
+
+
+def test_thread_slices_cover_every_item_once():
+    slices = thread_slices(10)
+    assert len(slices) == 4 and sorted(i for part in slices for i in part) == list(range(10))
+    assert run_threads(lambda indices: torch.tensor(indices, dtype=torch.float32) * 2, 10).tolist() == [
+        2.0 * i for i in range(10)
+    ]
+
+
 def test_cell_subprocess_records_its_facts(tmp_path):
     out = tmp_path / "cell"
     command = [
@@ -130,6 +197,23 @@ def test_missing_library_skips_the_cell(tmp_path, monkeypatch):
     assert torch.get_num_threads() == threads  # the cell's setting does not leak into this process
     assert record["status"] == "skipped" and "no-such-distribution" in record["reason"]
     assert not (tmp_path / "values.safetensors").exists()
+
+
+def test_missing_saelens_skips_the_sae_cell(tmp_path, monkeypatch):
+    monkeypatch.setitem(peer_cell.REQUIRES, "impl_saelens", "no-such-distribution-for-interpsuite")
+    threads = torch.get_num_threads()
+    record = peer_cell.run_cell("sae", "sae_lens", "tiny_llama", "cpu", 1, 1, 1, True, tmp_path)
+    assert torch.get_num_threads() == threads
+    assert record["status"] == "skipped" and "interpsuite[sae]" in record["reason"]
+
+
+def test_an_incompatible_library_skips_the_cell(tmp_path, monkeypatch):
+    """SAELens 6 cannot import beside TransformerLens 4: a version conflict is a skip, not an error."""
+    monkeypatch.setitem(peer_cell.CONFLICTS, "impl_saelens", ("torch", 1, "a conflict for the test"))
+    record = peer_cell.run_cell("sae", "sae_lens", "tiny_llama", "cpu", 1, 1, 1, True, tmp_path)
+    assert record["status"] == "skipped" and "cannot run with torch" in record["reason"]
+    monkeypatch.setitem(peer_cell.CONFLICTS, "impl_saelens", ("torch", 999, "no conflict"))
+    assert peer_cell._conflict("impl_saelens") is None
 
 
 def test_agreement_checker():
@@ -180,9 +264,60 @@ def test_summary_json_and_markdown(tmp_path):
     assert "interpsuite 1.250x" in table
 
 
+def _report(workloads: dict) -> dict:
+    return {
+        "timestamp": "2026-12-01T00:00:00+00:00",
+        "settings": {"model": "tiny_llama", "device": "cpu", "threads": 1, "repeats": 3, "warmup": 1, "quick": True},
+        "machine": {"processor": "cpu", "cpu_count": 2, "torch": "2", "transformers": "5"},
+        "load_average": {"start": [1.0, 1.0, 1.0], "end": [1.0, 1.0, 1.0]},
+        "tolerance": 1e-4,
+        "workloads": workloads,
+        "all_agree": all(summary["all_agree"] for summary in workloads.values()),
+        "passes": all(summary["passes"] for summary in workloads.values()),
+    }
+
+
+def test_a_racing_peer_is_reported_without_failing(tmp_path):
+    """Concurrency: a peer that differs is marked "no" with the race note, the run exits 0; an
+    erroring peer is recorded; but a missing reference, or any other workload's disagreement, fails."""
+    cells = {
+        "interpsuite": _record(1.0),
+        "plain": _record(3.0),
+        "transformer_lens": _record(2.0),
+        "nnsight": {"status": "error", "reason": "OutOfOrderError: ran past it"},
+    }
+    values = {"interpsuite": np.arange(4.0), "plain": np.arange(4.0) + 0.5, "transformer_lens": np.arange(4.0)}
+    race = peer_report.summarise_workload("concurrency", cells, values, "interpsuite")
+    assert race["passes"] and not race["all_agree"]
+    assert race["cells"]["plain"]["race_note"] == peer_report.RACE_NOTE
+    assert not race["cells"]["plain"]["agreement"]["agrees"] and race["cells"]["plain"]["median_s"] == 3.0
+    assert "race_note" not in race["cells"]["transformer_lens"]
+    report = _report({"concurrency": race})
+    assert peers_run.exit_status(report) == 0
+    _, md_path = peer_report.write(report, tmp_path, "peers")
+    table = md_path.read_text()
+    assert "| plain | x 1 | sdpa | 3 | 3.00x | 5.0e-01 |" in table and f"**no**{peer_report.RACE_MARK}" in table
+    assert "error: OutOfOrderError" in table and peer_report.RACE_NOTE in table
+
+    # the interpsuite cell raised (its threads disagreed with the sequential sweep): the run fails
+    broken = peer_report.summarise_workload(
+        "concurrency", {**cells, "interpsuite": {"status": "error", "reason": "RuntimeError: differ"}},
+        {k: v for k, v in values.items() if k != "interpsuite"}, "interpsuite",
+    )  # fmt: skip
+    assert not broken["passes"] and peers_run.exit_status(_report({"concurrency": broken})) == 1
+    # the same disagreement in another workload fails the run
+    sweep = peer_report.summarise_workload("head_sweep", cells, values, "interpsuite")
+    assert not sweep["passes"] and "race_note" not in sweep["cells"]["plain"]
+    assert peers_run.exit_status(_report({"concurrency": race, "head_sweep": sweep})) == 1
+    assert f"**no**{peer_report.RACE_MARK}" not in peer_report.markdown(_report({"head_sweep": sweep}))
+
+
 def test_cell_selection_is_validated():
     args = peers_run.parse_args(["--workload", "ig", "--impl", "captum"])
     assert peers_run.selected_cells(args) == {"ig": ["captum", "captum_last_logit"]}
+    args = peers_run.parse_args(["--workload", "sae", "--impl", "sae_lens"])
+    assert peers_run.selected_cells(args) == {"sae": ["sae_lens"]}
+    assert set(peers_run.selected_cells(peers_run.parse_args(["--all"]))) >= {"sae", "concurrency"}
     args = peers_run.parse_args(["--workload", "head_sweep", "--impl", "interpsuite"])
     assert peers_run.selected_cells(args) == {"head_sweep": ["interpsuite_readme", "interpsuite_best"]}
     with pytest.raises(ConfigError, match="unknown workload"):
@@ -215,6 +350,7 @@ def test_run_writes_json_and_table(tmp_path):
     ig = report["workloads"]["ig"]
     assert set(ig["cells"]) == {"interpsuite", "captum", "captum_last_logit"}
     assert ig["all_agree"] and ig["cells"]["captum"]["agreement"]["max_abs_diff_vs_reference"] <= 1e-4
+    assert report["passes"] and ig["passes"]
     assert report["machine"]["torch_threads"] >= 1 and report["settings"]["threads"] == 1
     assert "integrated gradients, 50 steps | captum" in (tmp_path / "peers_quick.md").read_text()
 

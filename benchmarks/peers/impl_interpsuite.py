@@ -5,9 +5,11 @@ from __future__ import annotations
 import torch
 from interpsuite_plugins.attribution.methods import AttributionProblem, ig_attributions
 from interpsuite_plugins.attribution.targets import TargetSpec
+from interpsuite_plugins.sae.model import SAEConfig, SparseAutoencoder
 from peer_workloads import (
     BEST_BATCH_SIZE,
     IG_STEPS,
+    N_THREADS,
     README_BATCH_SIZE,
     Builder,
     Cell,
@@ -15,6 +17,9 @@ from peer_workloads import (
     capture_batch,
     embeddings,
     last_logit_diff,
+    run_threads,
+    sae_spec,
+    thread_slices,
 )
 
 from interpsuite.hooks import Intervention
@@ -36,15 +41,17 @@ def capture(problem: Problem) -> Cell:
     return Cell(run, _attention(problem))
 
 
-def _head_sweep(problem: Problem, batch_size: int) -> torch.Tensor:
+def _head_sweep(problem: Problem, batch_size: int, indices: list[int] | None = None) -> torch.Tensor:
+    """The head sweep over `problem.heads` (or those at `indices`, in that order)."""
     model, batch = problem.model, problem.clean
     mary, john = problem.answers
+    heads = problem.heads if indices is None else [problem.heads[i] for i in indices]
 
     # the README's call, verbatim but for the layer range (all of them unless --quick)
     def logit_diff(logits, rows):
         return logits[:, -1, mary] - logits[:, -1, john]
 
-    items = [[Intervention(f"blocks.{layer}.attn.z", "zero", heads=head)] for layer, head in problem.heads]
+    items = [[Intervention(f"blocks.{layer}.attn.z", "zero", heads=head)] for layer, head in heads]
     effects = model.sweep(batch, items, logit_diff, batch_size=batch_size, logits_to_keep=1)
     return effects[:, 0]
 
@@ -104,6 +111,49 @@ def attention(problem: Problem) -> Cell:
     return Cell(run, _attention(problem))
 
 
+def sae(problem: Problem) -> Cell:
+    """`model.sae_splice(sae, hook=...)`, the workbench's path: per run, one splice session whose
+    first `run` also runs the prompt clean (cached) and whose every edit recomputes only the
+    layers from the spliced one on; one `run` per edit (set one feature, error term kept)."""
+    spec = sae_spec(problem)
+    d_in, width = spec.W_enc.shape
+    cfg = SAEConfig(d_in=int(d_in), width=int(width), architecture="relu", hook=spec.hook)
+    autoencoder = SparseAutoencoder(cfg, device=problem.device)
+    with torch.no_grad():
+        for name, tensor in spec.tensors.items():
+            getattr(autoencoder, name).copy_(tensor)
+
+    def run() -> torch.Tensor:
+        rows = []
+        with torch.no_grad(), problem.model.sae_splice(autoencoder, hook=spec.hook) as splice:
+            for feature, value in zip(spec.features, spec.values, strict=True):
+                splice.clear().set_feature(feature, value)
+                rows.append(splice.run(problem.clean).logits[0].float())
+        return torch.stack(rows)
+
+    return Cell(run, _attention(problem), f"sae_splice, {len(spec.features)} edits, cached clean run + prefix reuse")
+
+
+def concurrency(problem: Problem) -> Cell:
+    """The README's head sweep split over 4 threads sharing this one HookedModel (thread t
+    sweeps heads t, t+4, ...). Setup (untimed) runs the same slices one after another; every
+    timed run must equal that bitwise, or the cell raises (and the run fails). The slices batch
+    the heads differently from the whole sweep, so the head_sweep workload's numbers are matched
+    to float rounding (about 1e-8), not bitwise."""
+    sequential = torch.empty(len(problem.heads))
+    for indices in thread_slices(len(problem.heads)):
+        sequential[indices] = _head_sweep(problem, README_BATCH_SIZE, indices).float()
+
+    def run() -> torch.Tensor:
+        values = run_threads(lambda indices: _head_sweep(problem, README_BATCH_SIZE, indices), len(problem.heads))
+        if not torch.equal(values, sequential):
+            worst = float((values - sequential).abs().max())
+            raise RuntimeError(f"{N_THREADS} threads on one model differ from the sequential slices by {worst:.3g}")
+        return values
+
+    return Cell(run, _attention(problem), f"{N_THREADS} threads x sweep(batch_size={README_BATCH_SIZE}), one model")
+
+
 BUILDERS: dict[tuple[str, str], Builder] = {
     ("capture", "interpsuite"): capture,
     ("head_sweep", "interpsuite_readme"): head_sweep_readme,
@@ -111,4 +161,6 @@ BUILDERS: dict[tuple[str, str], Builder] = {
     ("patching", "interpsuite"): patching,
     ("ig", "interpsuite"): integrated_gradients,
     ("attention", "interpsuite"): attention,
+    ("sae", "interpsuite"): sae,
+    ("concurrency", "interpsuite"): concurrency,
 }

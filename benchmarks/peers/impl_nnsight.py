@@ -10,7 +10,7 @@ from __future__ import annotations
 import warnings
 
 import torch
-from peer_workloads import Builder, Cell, Problem, capture_batch, hidden
+from peer_workloads import N_THREADS, Builder, Cell, Problem, capture_batch, hidden, run_threads, sae_spec
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")
@@ -50,20 +50,33 @@ def _last_diff(lm: LanguageModel, problem: Problem, ids: torch.Tensor, edit) -> 
     return float(box["logits"][0, good] - box["logits"][0, bad])
 
 
+def _sweep_heads(problem: Problem, lm: LanguageModel, indices: list[int]) -> torch.Tensor:
+    """One trace per head at `indices` (of `problem.heads`), the metric of each."""
+    d_head = problem.model.info.d_head
+    values = torch.empty(len(indices))
+    for i, index in enumerate(indices):
+        layer, head = problem.heads[index]
+
+        def zero(lm: LanguageModel, layer: int = layer, head: int = head) -> None:
+            lm.model.layers[layer].self_attn.o_proj.input[..., head * d_head : (head + 1) * d_head] = 0
+
+        values[i] = _last_diff(lm, problem, problem.clean.input_ids, zero)
+    return values
+
+
 def head_sweep(problem: Problem) -> Cell:
-    lm, d_head = language_model(problem, "sdpa"), problem.model.info.d_head
+    lm, every = language_model(problem, "sdpa"), list(range(len(problem.heads)))
+    return Cell(lambda: _sweep_heads(problem, lm, every), "sdpa", "one trace per head")
 
-    def run() -> torch.Tensor:
-        values = torch.empty(len(problem.heads))
-        for i, (layer, head) in enumerate(problem.heads):
 
-            def zero(lm: LanguageModel, layer: int = layer, head: int = head) -> None:
-                lm.model.layers[layer].self_attn.o_proj.input[..., head * d_head : (head + 1) * d_head] = 0
-
-            values[i] = _last_diff(lm, problem, problem.clean.input_ids, zero)
-        return values
-
-    return Cell(run, "sdpa", "one trace per head")
+def concurrency(problem: Problem) -> Cell:
+    """The head sweep's traces on 4 threads sharing the one LanguageModel."""
+    lm = language_model(problem, "sdpa")
+    return Cell(
+        lambda: run_threads(lambda indices: _sweep_heads(problem, lm, indices), len(problem.heads)),
+        "sdpa",
+        f"{N_THREADS} threads, one LanguageModel, one trace per head",
+    )
 
 
 def patching(problem: Problem) -> Cell:
@@ -102,9 +115,35 @@ def attention(problem: Problem) -> Cell:
     return Cell(run, "eager", "trace, self_attn.output[1].save()")
 
 
+def sae(problem: Problem) -> Cell:
+    """One trace per edit: the decoder layer's output replaced by decode(edited) + error."""
+    lm, spec = language_model(problem, "sdpa"), sae_spec(problem)
+
+    def run() -> torch.Tensor:
+        rows = []
+        for feature, value in zip(spec.features, spec.values, strict=True):
+            box: dict = {}
+            with torch.no_grad(), lm.trace(problem.clean.input_ids):
+                layer = lm.model.layers[spec.layer]
+                output = layer.output
+                x = hidden(output)
+                acts = spec.encode(x)
+                edited = acts.clone()
+                edited[..., feature] = value
+                spliced = spec.decode(edited) + (x - spec.decode(acts))
+                layer.output = (spliced, *output[1:]) if isinstance(output, tuple) else spliced
+                box["logits"] = lm.lm_head.output[:, -1].save()
+            rows.append(box["logits"][0].float())
+        return torch.stack(rows)
+
+    return Cell(run, "sdpa", "one trace per edit, layers[L].output replaced")
+
+
 BUILDERS: dict[tuple[str, str], Builder] = {
     ("capture", "nnsight"): capture,
     ("head_sweep", "nnsight"): head_sweep,
     ("patching", "nnsight"): patching,
     ("attention", "nnsight"): attention,
+    ("sae", "nnsight"): sae,
+    ("concurrency", "nnsight"): concurrency,
 }

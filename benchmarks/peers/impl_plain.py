@@ -7,7 +7,18 @@ model (stock `sdpa` attention; `eager` where attention weights are needed).
 from __future__ import annotations
 
 import torch
-from peer_workloads import Builder, Cell, Problem, capture_batch, hidden, last_logit_diff
+from peer_workloads import (
+    N_THREADS,
+    Builder,
+    Cell,
+    Problem,
+    SAESpec,
+    capture_batch,
+    hidden,
+    last_logit_diff,
+    run_threads,
+    sae_spec,
+)
 from torch import nn
 
 
@@ -59,9 +70,9 @@ def _loop(twin: nn.Module, ids: torch.Tensor, answers: tuple[int, int], patches)
     return values
 
 
-def head_sweep(problem: Problem) -> Cell:
-    """A pre-hook on o_proj zeroing one head's slice of its input (the heads' concatenation)."""
-    twin, d_head = problem.twin("sdpa"), problem.model.info.d_head
+def _head_patches(problem: Problem, twin: nn.Module) -> list:
+    """(o_proj, pre-hook zeroing one head's slice of its input) per head, in head order."""
+    d_head = problem.model.info.d_head
     patches = []
     for layer, head in problem.heads:
 
@@ -71,11 +82,71 @@ def head_sweep(problem: Problem) -> Cell:
             return (z, *args[1:])
 
         patches.append((twin.model.layers[layer].self_attn.o_proj, zero))
+    return patches
+
+
+def head_sweep(problem: Problem) -> Cell:
+    """A pre-hook on o_proj zeroing one head's slice of its input (the heads' concatenation)."""
+    twin = problem.twin("sdpa")
+    patches = _head_patches(problem, twin)
     return Cell(
         lambda: _loop(twin, problem.clean.input_ids, problem.answers, patches),
         "sdpa",
         "one pass per head, last logit only",
     )
+
+
+def concurrency(problem: Problem) -> Cell:
+    """The head sweep's loop on 4 threads sharing the one model: each thread registers its
+    o_proj pre-hook per pass, where the other threads' passes see it too (a module hook is
+    global to the module), so the numbers may be wrong: that is what the workload shows."""
+    twin = problem.twin("sdpa")
+    patches = _head_patches(problem, twin)
+
+    def job(indices: list[int]) -> torch.Tensor:
+        return _loop(twin, problem.clean.input_ids, problem.answers, [patches[i] for i in indices])
+
+    return Cell(
+        lambda: run_threads(job, len(patches)),
+        "sdpa",
+        f"{N_THREADS} threads, one model, an o_proj pre-hook per pass",
+    )
+
+
+def _sae_hook(spec: SAESpec, feature: int, value: float):
+    """A decoder-layer forward hook: encode the layer's output, set one feature, decode, add
+    the error term (the activation minus its clean reconstruction)."""
+
+    def hook(module: nn.Module, args: tuple, output):
+        x = hidden(output)
+        acts = spec.encode(x.float())
+        error = x.float() - spec.decode(acts)
+        edited = acts.clone()
+        edited[..., feature] = value
+        spliced = (spec.decode(edited) + error).to(x.dtype)
+        return (spliced, *output[1:]) if isinstance(output, tuple) else spliced
+
+    return hook
+
+
+def sae(problem: Problem) -> Cell:
+    """One full forward per edit, the SAE spliced in by a forward hook on the decoder layer."""
+    twin, spec = problem.twin("sdpa"), sae_spec(problem)
+    layer = twin.model.layers[spec.layer]
+
+    def run() -> torch.Tensor:
+        rows = []
+        with torch.no_grad():
+            for feature, value in zip(spec.features, spec.values, strict=True):
+                handle = layer.register_forward_hook(_sae_hook(spec, feature, value))
+                try:
+                    logits = twin(input_ids=problem.clean.input_ids, use_cache=False, logits_to_keep=1).logits
+                finally:
+                    handle.remove()
+                rows.append(logits[0, -1].float())
+        return torch.stack(rows)
+
+    return Cell(run, "sdpa", "decoder-layer forward hook, one full pass per edit")
 
 
 def patching(problem: Problem) -> Cell:
@@ -128,4 +199,6 @@ BUILDERS: dict[tuple[str, str], Builder] = {
     ("head_sweep", "plain"): head_sweep,
     ("patching", "plain"): patching,
     ("attention", "plain"): attention,
+    ("sae", "plain"): sae,
+    ("concurrency", "plain"): concurrency,
 }

@@ -11,27 +11,33 @@ from __future__ import annotations
 import copy
 
 import torch
-from peer_workloads import Builder, Cell, Problem, capture_batch, last_logit_diff
+from peer_workloads import N_THREADS, Builder, Cell, Problem, capture_batch, last_logit_diff, run_threads
 from transformer_lens.model_bridge import TransformerBridge
 
 
+def boot_kwargs(problem: Problem) -> tuple[str, dict]:
+    """`boot_transformers(name, **kwargs)` arguments for a fresh eager copy of the model (the
+    bridge may change the model it wraps): offline, no hub call. Shared with the SAELens cell,
+    whose `SAETransformerBridge.boot_transformers` takes the same arguments."""
+    hf = problem.model.hf_model
+    config = hf.config.__class__.from_dict(hf.config.to_dict())
+    config._attn_implementation = "eager"
+    twin = type(hf)(config).eval()
+    twin.load_state_dict(hf.state_dict())
+    # TransformerLens rebuilds the tokenizer from `init_kwargs["name_or_path"]` unless it already
+    # adds BOS; token ids are given directly, so mark the copy as adding BOS and keep it.
+    tokenizer = copy.deepcopy(problem.model.tokenizer)
+    tokenizer.init_kwargs.setdefault("name_or_path", "local")
+    tokenizer.init_kwargs["add_bos_token"] = True
+    name = f"local/{problem.model.info.name}"
+    return name, {"hf_model": twin.to(problem.device), "tokenizer": tokenizer, "device": str(problem.device)}
+
+
 def bridge(problem: Problem) -> TransformerBridge:
-    """A bridge around a fresh eager copy of the model (the bridge may change the model it wraps)."""
+    """A TransformerBridge booted offline from the local model (see `boot_kwargs`)."""
     if "tlens" not in problem._twins:
-        hf = problem.model.hf_model
-        config = hf.config.__class__.from_dict(hf.config.to_dict())
-        config._attn_implementation = "eager"
-        twin = type(hf)(config).eval()
-        twin.load_state_dict(hf.state_dict())
-        # TransformerLens rebuilds the tokenizer from `init_kwargs["name_or_path"]` unless it already
-        # adds BOS; token ids are given directly, so mark the copy as adding BOS and keep it.
-        tokenizer = copy.deepcopy(problem.model.tokenizer)
-        tokenizer.init_kwargs.setdefault("name_or_path", "local")
-        tokenizer.init_kwargs["add_bos_token"] = True
-        name = f"local/{problem.model.info.name}"
-        problem._twins["tlens"] = TransformerBridge.boot_transformers(
-            name, hf_model=twin.to(problem.device), tokenizer=tokenizer, device=str(problem.device)
-        )
+        name, kwargs = boot_kwargs(problem)
+        problem._twins["tlens"] = TransformerBridge.boot_transformers(name, **kwargs)
     return problem._twins["tlens"]
 
 
@@ -63,20 +69,34 @@ def _zero_head(head: int, n_heads: int, d_head: int):
     return hook
 
 
-def head_sweep(problem: Problem) -> Cell:
-    model, ids = bridge(problem), problem.clean.input_ids
+def _sweep_heads(problem: Problem, model: TransformerBridge, indices: list[int]) -> torch.Tensor:
+    """`run_with_hooks` once per head at `indices` (of `problem.heads`), the metric of each."""
     n_heads, d_head = problem.model.info.n_heads, problem.model.info.d_head
+    values = torch.empty(len(indices))
+    with torch.no_grad():
+        for i, index in enumerate(indices):
+            layer, head = problem.heads[index]
+            hooks = [(f"blocks.{layer}.attn.hook_z", _zero_head(head, n_heads, d_head))]
+            logits = model.run_with_hooks(problem.clean.input_ids, fwd_hooks=hooks)
+            values[i] = last_logit_diff(logits, problem.answers)[0]
+    return values
 
-    def run() -> torch.Tensor:
-        values = torch.empty(len(problem.heads))
-        with torch.no_grad():
-            for i, (layer, head) in enumerate(problem.heads):
-                hooks = [(f"blocks.{layer}.attn.hook_z", _zero_head(head, n_heads, d_head))]
-                logits = model.run_with_hooks(ids, fwd_hooks=hooks)
-                values[i] = last_logit_diff(logits, problem.answers)[0]
-        return values
 
-    return Cell(run, _attention(), "run_with_hooks per head")
+def head_sweep(problem: Problem) -> Cell:
+    model, every = bridge(problem), list(range(len(problem.heads)))
+    return Cell(lambda: _sweep_heads(problem, model, every), _attention(), "run_with_hooks per head")
+
+
+def concurrency(problem: Problem) -> Cell:
+    """The head sweep's `run_with_hooks` loop on 4 threads sharing the one bridge. Its hooks
+    live on the bridge's HookPoints (and `run_with_hooks` resets them all at the end), so each
+    thread's passes may see, or lose, the others' hooks."""
+    model = bridge(problem)
+    return Cell(
+        lambda: run_threads(lambda indices: _sweep_heads(problem, model, indices), len(problem.heads)),
+        _attention(),
+        f"{N_THREADS} threads, one bridge, run_with_hooks per head",
+    )
 
 
 def patching(problem: Problem) -> Cell:
@@ -122,4 +142,5 @@ BUILDERS: dict[tuple[str, str], Builder] = {
     ("head_sweep", "transformer_lens"): head_sweep,
     ("patching", "transformer_lens"): patching,
     ("attention", "transformer_lens"): attention,
+    ("concurrency", "transformer_lens"): concurrency,
 }

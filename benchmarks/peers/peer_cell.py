@@ -56,9 +56,32 @@ CELLS: dict[str, list[tuple[str, str]]] = {
         ("transformer_lens", "impl_tlens"),
         ("nnsight", "impl_nnsight"),
     ],
+    "sae": [
+        ("interpsuite", "impl_interpsuite"),
+        ("sae_lens", "impl_saelens"),
+        ("plain", "impl_plain"),
+        ("nnsight", "impl_nnsight"),
+    ],
+    "concurrency": [
+        ("interpsuite", "impl_interpsuite"),
+        ("plain", "impl_plain"),
+        ("transformer_lens", "impl_tlens"),
+        ("nnsight", "impl_nnsight"),
+    ],
 }
 #: the distribution each implementation module needs beyond interpsuite (a missing one skips the cell)
-REQUIRES = {"impl_tlens": "transformer-lens", "impl_nnsight": "nnsight", "impl_captum": "captum"}
+REQUIRES = {
+    "impl_tlens": "transformer-lens",
+    "impl_nnsight": "nnsight",
+    "impl_captum": "captum",
+    "impl_saelens": "sae-lens",
+}
+#: the interpsuite extra that installs a module's library (default: peers)
+EXTRAS = {"impl_saelens": "sae"}
+#: module -> (distribution, first major version its library cannot import with, why): a skip, not an error
+CONFLICTS = {
+    "impl_saelens": ("transformer-lens", 4, "SAELens 6 imports HookedTransformer, which TransformerLens 4 removed")
+}
 #: cells that time a baseline and capture nothing: no numbers to compare
 NO_VALUES = {("capture", "bare")}
 
@@ -86,8 +109,30 @@ def missing_library(module: str) -> str | None:
     try:
         importlib.metadata.version(dist)
     except importlib.metadata.PackageNotFoundError:
-        return f"{dist} is not installed (pip install 'interpsuite[peers]')"
+        return f"{dist} is not installed (pip install 'interpsuite[{EXTRAS.get(module, 'peers')}]')"
+    return _conflict(module)
+
+
+def _conflict(module: str) -> str | None:
+    """Why the module's library cannot import next to what else is installed (None: it can)."""
+    if module not in CONFLICTS:
+        return None
+    dist, major, why = CONFLICTS[module]
+    try:
+        version = importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+    if int(version.split(".")[0]) >= major:
+        return f"{REQUIRES[module]} cannot run with {dist} {version}: {why}"
     return None
+
+
+def _library_or_blank(workload: str, impl: str) -> str:
+    """The library version for an error record (blank when the cell name itself is unknown)."""
+    try:
+        return library_version(module_of(workload, impl))
+    except KeyError:
+        return ""
 
 
 def peak_rss_mib() -> float:
@@ -202,6 +247,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         record = {
             "workload": args.workload,
             "impl": args.impl,
+            "library": _library_or_blank(args.workload, args.impl),
             "status": "error",
             "reason": f"{type(error).__name__}: {error}".splitlines()[0][:300],
             "traceback": traceback.format_exc()[-4000:],

@@ -8,6 +8,7 @@ implementation sees exactly the same inputs, so the parent can compare their num
 from __future__ import annotations
 
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,8 +19,9 @@ from interpsuite.errors import ConfigError
 from interpsuite.models import HookedModel, TokenBatch, load_model
 
 #: capture of all residual streams; the 270-head zero-ablation sweep; resid_pre patching grid;
-#: integrated gradients at 50 steps; all attention patterns of one prompt
-WORKLOADS = ("capture", "head_sweep", "patching", "ig", "attention")
+#: integrated gradients at 50 steps; all attention patterns of one prompt; live SAE feature edits;
+#: the head sweep split over 4 threads sharing one model
+WORKLOADS = ("capture", "head_sweep", "patching", "ig", "attention", "sae", "concurrency")
 
 CLEAN = "When Mary and John went to the store, John gave a drink to"
 CORRUPTED = "When Mary and John went to the store, Mary gave a drink to"
@@ -28,6 +30,12 @@ IG_STEPS = 50
 #: the README's call (batch_size=32) is one interpsuite cell; this is the benchmark's best path
 README_BATCH_SIZE = 32
 BEST_BATCH_SIZE = 64
+#: SAE workload: width = SAE_EXPANSION x d_model; edits per run (full, --quick)
+SAE_EXPANSION = 8
+SAE_EDITS = 32
+SAE_EDITS_QUICK = 4
+#: concurrency workload: Python threads sharing one model (the issue-9 figure)
+N_THREADS = 4
 
 
 @dataclass
@@ -156,3 +164,89 @@ class Cell:
 
 
 Builder = Callable[[Problem], Cell]
+
+
+@dataclass(frozen=True)
+class SAESpec:
+    """The SAE workload's one SAE (a ReLU "standard" SAE, SAELens parameter names and layout:
+    W_enc [d_in, width], W_dec [width, d_in]) and its edits: edit i writes `values[i]` as
+    feature `features[i]` at every position, the error term kept. Every sae cell builds its
+    SAE object from these tensors, so all of them splice identical weights."""
+
+    layer: int
+    hook: str  # interpsuite's name of the spliced point: blocks.{layer}.resid_post
+    W_enc: torch.Tensor
+    b_enc: torch.Tensor
+    W_dec: torch.Tensor
+    b_dec: torch.Tensor
+    features: tuple[int, ...]
+    values: tuple[float, ...]
+
+    @property
+    def tensors(self) -> dict[str, torch.Tensor]:
+        return {"W_enc": self.W_enc, "b_enc": self.b_enc, "W_dec": self.W_dec, "b_dec": self.b_dec}
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """ReLU((x - b_dec) @ W_enc + b_enc): the maths both libraries use for a standard SAE."""
+        return torch.relu((x - self.b_dec) @ self.W_enc + self.b_enc)
+
+    def decode(self, acts: torch.Tensor) -> torch.Tensor:
+        return acts @ self.W_dec + self.b_dec
+
+
+def sae_spec(problem: Problem, seed: int = 0) -> SAESpec:
+    """The SAE at the middle layer's resid_post, seeded, scaled to the clean prompt's activation
+    there (computed once per cell process, untimed): encoder columns ~ N(0, 1/d_in), so
+    pre-activations are about the activation's RMS; b_enc at minus half that RMS, so some
+    features fire and some do not; decoder rows unit vectors. The edit values run up to twice the
+    median token norm, so an edit moves the logits visibly."""
+    if "sae_spec" in problem._twins:
+        return problem._twins["sae_spec"]
+    info = problem.model.info
+    layer, width = info.n_layers // 2, SAE_EXPANSION * info.d_model
+    hook = f"blocks.{layer}.resid_post"
+    with torch.no_grad():
+        activation = problem.model.forward(problem.clean, capture=[hook], logits_to_keep=1).cache[hook][0].float()
+    rms = float(activation.pow(2).mean().sqrt())
+    token_norm = float(activation.norm(dim=-1).median())
+    generator = torch.Generator().manual_seed(seed)
+    d_in = info.d_model
+    w_enc = torch.randn(d_in, width, generator=generator) / d_in**0.5
+    w_dec = torch.randn(width, d_in, generator=generator)
+    w_dec = w_dec / w_dec.norm(dim=1, keepdim=True)
+    b_enc = -0.5 * rms * (1 + 0.1 * torch.randn(width, generator=generator))
+    b_dec = 0.1 * rms * torch.randn(d_in, generator=generator)
+    n_edits = SAE_EDITS_QUICK if problem.quick else SAE_EDITS
+    features = torch.randperm(width, generator=generator)[:n_edits].tolist()
+    values = [2.0 * token_norm * (i + 1) / n_edits for i in range(n_edits)]
+    device = problem.device
+    spec = SAESpec(
+        layer,
+        hook,
+        w_enc.to(device),
+        b_enc.to(device),
+        w_dec.to(device),
+        b_dec.to(device),
+        tuple(features),
+        tuple(values),
+    )
+    problem._twins["sae_spec"] = spec
+    return spec
+
+
+def thread_slices(n_items: int, n_threads: int = N_THREADS) -> list[list[int]]:
+    """Thread t's items: t, t + n_threads, ... (together every item exactly once)."""
+    return [list(range(t, n_items, n_threads)) for t in range(n_threads)]
+
+
+def run_threads(job: Callable[[list[int]], torch.Tensor], n_items: int, n_threads: int = N_THREADS) -> torch.Tensor:
+    """Run `job(indices)` on every thread's slice at the same time (one pool per call, so no
+    thread outlives the run) and put the numbers back in item order. A job that raises makes
+    the whole run raise: a cell whose threads crash records the error."""
+    slices = thread_slices(n_items, n_threads)
+    with ThreadPoolExecutor(n_threads) as pool:
+        parts = list(pool.map(job, slices))
+    values = torch.empty(n_items)
+    for indices, part in zip(slices, parts, strict=True):
+        values[indices] = part.detach().float().cpu()
+    return values
