@@ -257,6 +257,7 @@ def interpsuite_sweep(
     answer_ids: tuple[int, int],
     batch_size: int,
     reuse_prefix: bool,
+    stage_rows: bool = True,
 ) -> torch.Tensor:
     """The same ablations as interpsuite items, batch_size of them per forward pass."""
     good, bad = answer_ids
@@ -265,9 +266,8 @@ def interpsuite_sweep(
     def logit_diff(logits: torch.Tensor, rows: TokenBatch) -> torch.Tensor:
         return logits[:, -1, good] - logits[:, -1, bad]
 
-    return model.sweep(batch, items, logit_diff, batch_size=batch_size, logits_to_keep=1, reuse_prefix=reuse_prefix)[
-        :, 0
-    ]
+    options = {"batch_size": batch_size, "reuse_prefix": reuse_prefix, "stage_rows": stage_rows}
+    return model.sweep(batch, items, logit_diff, logits_to_keep=1, **options)[:, 0]
 
 
 def sweep_variants(
@@ -284,9 +284,11 @@ def sweep_variants(
     if not settings.quick:
         variants["loop_full_logits"] = lambda: loop_sweep(model, batch, heads, answer_ids, logits_to_keep=0)
     for size in settings.batch_sizes:
-        for reuse, label in ((True, "sweep"), (False, "naive")):
-            variants[f"{label}_bs{size}"] = lambda size=size, reuse=reuse: interpsuite_sweep(
-                model, batch, heads, answer_ids, size, reuse
+        # sweep: rows join at their own layer; unstaged: a pass's rows start at its first layer;
+        # naive: every pass from the tokens
+        for label, reuse, stage in (("sweep", True, True), ("unstaged", True, False), ("naive", False, True)):
+            variants[f"{label}_bs{size}"] = lambda size=size, reuse=reuse, stage=stage: interpsuite_sweep(
+                model, batch, heads, answer_ids, size, reuse, stage
             )
     return variants
 
@@ -539,8 +541,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         "capture": capture,
         "head_ablation": sweep,
         "threads": threads,
-        "targets": {**targets(capture, sweep), "threads_identical": {
-            "value": threads["max_abs_diff"], "target": "== 0 (bitwise)", "met": threads["identical"]}},
+        "targets": {
+            **targets(capture, sweep),
+            "threads_identical": {
+                "value": threads["max_abs_diff"],
+                "target": "== 0 (bitwise)",
+                "met": threads["identical"],
+            },
+        },
         "issue_reference": ISSUE_REFERENCE,
         "duration_s": time.perf_counter() - started,
     }

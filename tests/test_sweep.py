@@ -143,13 +143,21 @@ def test_sweep_with_base_equals_one_pass_per_item(tiny_model, base_kind):
         logits_to_keep, column = keep_argument(batch, keep)
         metric = log_probs(model, column)
         expected = looped(model, batch, items, metric, base, logits_to_keep)
-        for reuse in (True, False):
+        for reuse, stage in ((True, True), (True, False), (False, True)):
             with torch.no_grad():
                 swept = model.sweep(
-                    batch, items, metric, base=base, batch_size=7, logits_to_keep=logits_to_keep, reuse_prefix=reuse
+                    batch,
+                    items,
+                    metric,
+                    base=base,
+                    batch_size=7,
+                    logits_to_keep=logits_to_keep,
+                    reuse_prefix=reuse,
+                    stage_rows=stage,
                 )
             assert swept.shape == (len(items), batch.size, 4)
-            torch.testing.assert_close(swept, expected, atol=TOLERANCE, rtol=0, msg=f"keep={keep} reuse={reuse}")
+            message = f"keep={keep} reuse={reuse} stage={stage}"
+            torch.testing.assert_close(swept, expected, atol=TOLERANCE, rtol=0, msg=message)
     assert model.hooks_left() == 0
 
 

@@ -46,6 +46,7 @@ def sweep(
     batch_size: int = 32,
     logits_to_keep: int | torch.Tensor = 0,
     reuse_prefix: bool = True,
+    stage_rows: bool = True,
     progress: Callable[[Iterable], Iterable] | None = None,
 ) -> torch.Tensor:
     """Run N intervention sets on the same inputs as batched passes: [N, B] (or [N, B, m]).
@@ -65,7 +66,9 @@ def sweep(
     before its item can change anything. This is exact, since nothing before that point
     can differ; base interventions computed before the start are already in what the pass
     is fed, so the base never forces a pass to start early. Items are grouped into passes by
-    `plan_passes`. `reuse_prefix=False` runs every pass in full (the reference path).
+    `plan_passes`. `reuse_prefix=False` runs every pass in full (the reference path);
+    `stage_rows=False` starts every row of a pass at the pass's first layer (what the engine
+    did before rows joined at their own layer; benchmarks measure the difference with it).
     """
     n_items, rows_per_item = len(items), batch.size
     items_per_pass = max(1, batch_size // rows_per_item)
@@ -81,19 +84,25 @@ def sweep(
         ]
     else:
         starts = [(0, 0)] * n_items
+    stage_rows = reuse_prefix and stage_rows
     passes = plan_passes(
-        starts, items_per_pass, rows_per_item, n_layers, width, PassCost.of(model.info), staged=reuse_prefix
+        starts, items_per_pass, rows_per_item, n_layers, width, PassCost.of(model.info), staged=stage_rows
     )
     # rows join a pass at their own start layer (in order), from the reference run
     passes = [sorted(chunk, key=lambda i: starts[i][0]) for chunk in passes]
     pass_starts = [(starts[p[0]][0], min(starts[i][1] for i in p)) for p in passes]
-    staged = [
-        reuse_prefix and (start != (0, 0) or starts[p[-1]][0] > 0) for p, start in zip(passes, pass_starts, strict=True)
+    entries = [
+        [starts[i][0] if stage_rows else start[0] for i in p] for p, start in zip(passes, pass_starts, strict=True)
     ]
-    fed = sorted({starts[i][0] for p, on in zip(passes, staged, strict=True) if on for i in p})
+    fed_from_reference = [
+        reuse_prefix and (start != (0, 0) or layers[-1] > 0) for start, layers in zip(pass_starts, entries, strict=True)
+    ]
+    fed = sorted({at for layers, on in zip(entries, fed_from_reference, strict=True) if on for at in layers})
     resid, prefix = _reference(model, batch, base, fed, max((s[1] for s in pass_starts), default=0))
     results: torch.Tensor | None = None
-    for chunk, (layer, position), on in zip(progress(passes) if progress else passes, pass_starts, staged, strict=True):
+    for chunk, (layer, position), copy_layers, on in zip(
+        progress(passes) if progress else passes, pass_starts, entries, fed_from_reference, strict=True
+    ):
         copies = len(chunk)
         repeated = batch.repeat(copies)
         item_ivs = _per_copy(model, [items[i] for i in chunk], rows_per_item)
@@ -101,7 +110,6 @@ def sweep(
             base_ivs = _per_copy(model, [base] * copies, rows_per_item)
             out = model.forward(repeated, interventions=[*base_ivs, *item_ivs], logits_to_keep=logits_to_keep).output
         else:
-            copy_layers = [starts[i][0] for i in chunk]
             pending = [[iv for iv in base if not computed_before(iv.hook, at)] for at in copy_layers]
             base_ivs = _per_copy(model, pending, rows_per_item)
             shifted = [s for iv in (*base_ivs, *item_ivs) if (s := shift_positions(model, iv, position, width))]
