@@ -21,6 +21,7 @@ The estimate is printed at the start of every run and recorded in results.json u
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import math
 import sys
@@ -266,7 +267,7 @@ class Workload:
         engine's own planner, plus the reference run the passes start from. `logits`: positions
         kept per row (None: all); `last_position`: the earliest position whose logit is kept
         (a pass never starts after it)."""
-        from .models.sweep import PassCost, plan_passes
+        from .models.sweep import plan_sweep
 
         info = self.info
         n_layers = info.n_layers
@@ -283,22 +284,29 @@ class Workload:
             ]
         else:
             clipped = [(0, 0)] * len(starts)
-        passes = plan_passes(clipped, items_per_pass, rows, n_layers, width, PassCost.of(info))
+        plan = plan_sweep(info, clipped, items_per_pass, rows, width, reuse_prefix=reuse_prefix)
         cost = Cost()
-        pass_starts = []
-        for chunk in passes:
-            layer = min(clipped[i][0] for i in chunk)
-            position = min(clipped[i][1] for i in chunk)
-            pass_starts.append((layer, position))
-            keep = logits if logits is None else min(logits, width - position)
-            cost = cost + self.forward(
-                rows * len(chunk), width, logits=keep, start_layer=layer, start_position=position
+        for planned in plan:
+            keep = logits if logits is None else min(logits, width - planned.position)
+            at = {"start_layer": planned.layer, "start_position": planned.position}
+            whole = self.forward(rows * len(planned.items), width, logits=keep, **at)
+            # rows join at their own layer: the work is each group's from its layer on
+            groups = collections.Counter(planned.entries)
+            parts = [
+                self.forward(rows * n, width, logits=keep, start_layer=entry, start_position=planned.position)
+                for entry, n in groups.items()
+            ]
+            cost = cost + dataclasses.replace(
+                whole,
+                forward_tokens=sum(part.forward_tokens for part in parts),
+                forward_macs=sum(part.forward_macs for part in parts),
             )
-        if any(layer > 0 or position > 0 for layer, position in pass_starts):  # the reference run
+        if any(planned.from_reference for planned in plan):  # the reference run
             cost = cost + self.forward(rows, width, logits=1 if info.is_causal else 0)
-            longest = max(position for _, position in pass_starts)
+            longest = max(planned.position for planned in plan)
             prefix = 2 * n_layers * rows * longest * info.n_kv_heads * info.d_head * self.dtype_bytes
-            resid = len({layer for layer, _ in pass_starts}) * rows * width * info.d_model * self.dtype_bytes
+            fed = {layer for planned in plan if planned.from_reference for layer in planned.entries}
+            resid = len(fed) * rows * width * info.d_model * self.dtype_bytes
             cost = cost.hold(prefix + resid)
         return cost
 

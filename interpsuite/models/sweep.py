@@ -84,29 +84,19 @@ def sweep(
         ]
     else:
         starts = [(0, 0)] * n_items
-    stage_rows = reuse_prefix and stage_rows
-    passes = plan_passes(
-        starts, items_per_pass, rows_per_item, n_layers, width, PassCost.of(model.info), staged=stage_rows
+    plan = plan_sweep(
+        model.info, starts, items_per_pass, rows_per_item, width, reuse_prefix=reuse_prefix, stage_rows=stage_rows
     )
-    # rows join a pass at their own start layer (in order), from the reference run
-    passes = [sorted(chunk, key=lambda i: starts[i][0]) for chunk in passes]
-    pass_starts = [(starts[p[0]][0], min(starts[i][1] for i in p)) for p in passes]
-    entries = [
-        [starts[i][0] if stage_rows else start[0] for i in p] for p, start in zip(passes, pass_starts, strict=True)
-    ]
-    fed_from_reference = [
-        reuse_prefix and (start != (0, 0) or layers[-1] > 0) for start, layers in zip(pass_starts, entries, strict=True)
-    ]
-    fed = sorted({at for layers, on in zip(entries, fed_from_reference, strict=True) if on for at in layers})
-    resid, prefix = _reference(model, batch, base, fed, max((s[1] for s in pass_starts), default=0))
+    fed = sorted({layer for p in plan if p.from_reference for layer in p.entries})
+    longest = max((p.position for p in plan), default=0)
+    resid, prefix = _reference(model, batch, base, fed, longest)
     results: torch.Tensor | None = None
-    for chunk, (layer, position), copy_layers, on in zip(
-        progress(passes) if progress else passes, pass_starts, entries, fed_from_reference, strict=True
-    ):
+    for planned in progress(plan) if progress else plan:
+        chunk, layer, position, copy_layers = planned.items, planned.layer, planned.position, planned.entries
         copies = len(chunk)
         repeated = batch.repeat(copies)
         item_ivs = _per_copy(model, [items[i] for i in chunk], rows_per_item)
-        if not on:
+        if not planned.from_reference:
             base_ivs = _per_copy(model, [base] * copies, rows_per_item)
             out = model.forward(repeated, interventions=[*base_ivs, *item_ivs], logits_to_keep=logits_to_keep).output
         else:
@@ -326,6 +316,42 @@ def _reference(
 
 
 # --- grouping items into passes --------------------------------------------------------------
+@dataclass(frozen=True)
+class PlannedPass:
+    """One pass of a sweep: its items (in the order their rows join), the layer and position it
+    starts at, the layer each item's rows join at, and whether it is fed from the reference run
+    (False: a pass from the token ids). The sweep runs these; the estimate counts them."""
+
+    items: list[int]
+    layer: int
+    position: int
+    entries: list[int]
+    from_reference: bool
+
+
+def plan_sweep(
+    info: ModelInfo,
+    starts: Sequence[Start],
+    items_per_pass: int,
+    rows_per_item: int,
+    width: int,
+    *,
+    reuse_prefix: bool = True,
+    stage_rows: bool = True,
+) -> list[PlannedPass]:
+    """The passes of a sweep whose items start at `starts` (all (0, 0) without `reuse_prefix`)."""
+    staged = reuse_prefix and stage_rows
+    chunks = plan_passes(starts, items_per_pass, rows_per_item, info.n_layers, width, PassCost.of(info), staged=staged)
+    plan = []
+    for chunk in chunks:
+        ordered = sorted(chunk, key=lambda i: starts[i][0])
+        layer, position = starts[ordered[0]][0], min(starts[i][1] for i in ordered)
+        entries = [starts[i][0] if staged else layer for i in ordered]
+        from_reference = reuse_prefix and ((layer, position) != (0, 0) or entries[-1] > 0)
+        plan.append(PlannedPass(ordered, layer, position, entries, from_reference))
+    return plan
+
+
 @dataclass(frozen=True)
 class PassCost:
     """The planner's cost model of one pass, in token-layers of the model's compute: a pass
