@@ -463,8 +463,12 @@ def heldout_kl(
                 sums[j, 1] += float(kl_to_final(final_logp, torch.log_softmax(tuned_logits.float(), -1))[mask].sum())
                 if reloaded is not None and number == 0:
                     window = slice(max(0, first - ROUNDTRIP_POSITIONS), first)
-                    again = reloaded.logits(model, layer, resid[:1, window])
-                    diff = max(diff, float((again - tuned_logits[:1, window]).abs().max()))
+                    # both lenses on the same slice: the same shapes give the same kernels, so a
+                    # faithful round trip is exactly 0 (a slice of the batch's logits need not be:
+                    # a GEMM may block a [1, w] input differently from the whole batch)
+                    here = resid[:1, window]
+                    again = reloaded.logits(model, layer, here)
+                    diff = max(diff, float((again - lens.logits(model, layer, here)).abs().max()))
                 del tuned_logits
             tokens += int(mask.sum())
     means = sums / max(tokens, 1)
