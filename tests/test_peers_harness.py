@@ -360,3 +360,17 @@ def test_cuda_without_a_gpu_is_refused_before_any_cell():
     with pytest.raises(ConfigError, match="no CUDA device"):
         peers_run.check_device("cuda")
     peers_run.check_device("cpu")
+
+
+def test_the_readme_table_is_printed_from_the_committed_results():
+    """README's "How it compares" holds measurements only: exactly what readme_table prints from
+    benchmarks/results/peers.json (a racing peer that raised reads "raised", a missing one "—")."""
+    import readme_table
+
+    report = json.loads(readme_table.RESULTS.read_text())
+    printed = readme_table.table(report)
+    readme = (PEERS.parent.parent / "README.md").read_text(encoding="utf-8")
+    assert printed in readme
+    assert readme_table.cell_text({"status": "error", "error": "x"}, reference=False) == "raised"
+    assert readme_table.cell_text({"status": "skipped"}, reference=False) == "—"
+    assert readme_table.cell_text(None, reference=False) == "—"

@@ -24,6 +24,8 @@ COLUMNS = (
 
 
 def cell_text(cell: dict | None, reference: bool) -> str:
+    if cell is not None and cell.get("status") == "error":
+        return "raised"
     if cell is None or cell.get("status") != "ok":
         return "—"
     seconds = f"{cell['median_s']:.3g} s"
@@ -41,7 +43,7 @@ def agreement_text(report: dict) -> str:
     if report.get("passes"):
         return (
             "every cell agrees with interpsuite to 1e-4 (absolute or relative), except peers racing on a model "
-            "shared by 4 threads (marked differs). "
+            "shared by 4 threads (marked differs, or raised). "
         )
     return ""
 
