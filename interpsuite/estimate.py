@@ -21,7 +21,6 @@ The estimate is printed at the start of every run and recorded in results.json u
 
 from __future__ import annotations
 
-import collections
 import dataclasses
 import math
 import sys
@@ -267,7 +266,7 @@ class Workload:
         engine's own planner, plus the reference run the passes start from. `logits`: positions
         kept per row (None: all); `last_position`: the earliest position whose logit is kept
         (a pass never starts after it)."""
-        from .models.sweep import plan_sweep
+        from .models.sweep import plan_sweep, reference_layers
 
         info = self.info
         n_layers = info.n_layers
@@ -291,10 +290,9 @@ class Workload:
             at = {"start_layer": planned.layer, "start_position": planned.position}
             whole = self.forward(rows * len(planned.items), width, logits=keep, **at)
             # rows join at their own layer: the work is each group's from its layer on
-            groups = collections.Counter(planned.entries)
             parts = [
                 self.forward(rows * n, width, logits=keep, start_layer=entry, start_position=planned.position)
-                for entry, n in groups.items()
+                for entry, n in planned.joining.items()
             ]
             cost = cost + dataclasses.replace(
                 whole,
@@ -305,8 +303,7 @@ class Workload:
             cost = cost + self.forward(rows, width, logits=1 if info.is_causal else 0)
             longest = max(planned.position for planned in plan)
             prefix = 2 * n_layers * rows * longest * info.n_kv_heads * info.d_head * self.dtype_bytes
-            fed = {layer for planned in plan if planned.from_reference for layer in planned.entries}
-            resid = len(fed) * rows * width * info.d_model * self.dtype_bytes
+            resid = len(reference_layers(plan)) * rows * width * info.d_model * self.dtype_bytes
             cost = cost.hold(prefix + resid)
         return cost
 

@@ -126,11 +126,7 @@ def sae(problem: Problem) -> Cell:
             with torch.no_grad(), lm.trace(problem.clean.input_ids):
                 layer = lm.model.layers[spec.layer]
                 output = layer.output
-                x = hidden(output)
-                acts = spec.encode(x)
-                edited = acts.clone()
-                edited[..., feature] = value
-                spliced = spec.decode(edited) + (x - spec.decode(acts))
+                spliced = spec.spliced(hidden(output), feature, value)
                 layer.output = (spliced, *output[1:]) if isinstance(output, tuple) else spliced
                 box["logits"] = lm.lm_head.output[:, -1].save()
             rows.append(box["logits"][0].float())

@@ -118,12 +118,7 @@ def _sae_hook(spec: SAESpec, feature: int, value: float):
     the error term (the activation minus its clean reconstruction)."""
 
     def hook(module: nn.Module, args: tuple, output):
-        x = hidden(output)
-        acts = spec.encode(x.float())
-        error = x.float() - spec.decode(acts)
-        edited = acts.clone()
-        edited[..., feature] = value
-        spliced = (spec.decode(edited) + error).to(x.dtype)
+        spliced = spec.spliced(hidden(output), feature, value)
         return (spliced, *output[1:]) if isinstance(output, tuple) else spliced
 
     return hook

@@ -193,6 +193,15 @@ class SAESpec:
     def decode(self, acts: torch.Tensor) -> torch.Tensor:
         return acts @ self.W_dec + self.b_dec
 
+    def spliced(self, x: torch.Tensor, feature: int, value: float) -> torch.Tensor:
+        """x with the SAE spliced in, `feature` set to `value` and the error term kept:
+        decode(edited) + (x - decode(encode(x))), in x's dtype (what the plain and nnsight
+        cells write back into the layer's output)."""
+        acts = self.encode(x.float())
+        edited = acts.clone()
+        edited[..., feature] = value
+        return (self.decode(edited) + (x.float() - self.decode(acts))).to(x.dtype)
+
 
 def sae_spec(problem: Problem, seed: int = 0) -> SAESpec:
     """The SAE at the middle layer's resid_post, seeded, scaled to the clean prompt's activation

@@ -500,7 +500,7 @@ class HookedModel:
             kwargs["inputs_embeds"] = whole
             if prefix is not None:
                 kwargs[self._cache_keyword] = prefix.cache(
-                    _running_copies(joins, start_layer, start_resid.shape[0], self.info.n_layers, prefix.rows)
+                    _running_copies(joins, start_resid.shape[0], self.info.n_layers, prefix.rows)
                     if joins
                     else batch.size // prefix.rows
                 )
@@ -591,13 +591,11 @@ def _check_joins(
         raise HookError(f"start_resid and joins hold {total} rows for a batch of {rows}")
 
 
-def _running_copies(
-    joins: Mapping[int, torch.Tensor], start_layer: int, first_rows: int, n_layers: int, rows_per_copy: int
-) -> list[int]:
+def _running_copies(joins: Mapping[int, torch.Tensor], first_rows: int, n_layers: int, rows_per_copy: int) -> list[int]:
     """Copies of the prefix each layer's cache holds: the rows running there."""
     running, counts = first_rows, []
     for layer in range(n_layers):
-        if layer > start_layer and layer in joins:
+        if layer in joins:  # only layers after the start (`_check_joins`)
             running += int(joins[layer].shape[0])
         counts.append(running // rows_per_copy)  # below the start: never read
     return counts

@@ -87,9 +87,8 @@ def sweep(
     plan = plan_sweep(
         model.info, starts, items_per_pass, rows_per_item, width, reuse_prefix=reuse_prefix, stage_rows=stage_rows
     )
-    fed = sorted({layer for p in plan if p.from_reference for layer in p.entries})
     longest = max((p.position for p in plan), default=0)
-    resid, prefix = _reference(model, batch, base, fed, longest)
+    resid, prefix = _reference(model, batch, base, reference_layers(plan), longest)
     results: torch.Tensor | None = None
     for planned in progress(plan) if progress else plan:
         chunk, layer, position, copy_layers = planned.items, planned.layer, planned.position, planned.entries
@@ -103,7 +102,7 @@ def sweep(
             pending = [[iv for iv in base if not computed_before(iv.hook, at)] for at in copy_layers]
             base_ivs = _per_copy(model, pending, rows_per_item)
             shifted = [s for iv in (*base_ivs, *item_ivs) if (s := shift_positions(model, iv, position, width))]
-            joining = collections.Counter(copy_layers)
+            joining = planned.joining
             out = model.forward(
                 repeated,
                 interventions=shifted,
@@ -327,6 +326,16 @@ class PlannedPass:
     position: int
     entries: list[int]
     from_reference: bool
+
+    @property
+    def joining(self) -> dict[int, int]:
+        """How many items' rows join at each layer (the first: the pass's start)."""
+        return dict(collections.Counter(self.entries))
+
+
+def reference_layers(plan: Sequence[PlannedPass]) -> list[int]:
+    """The layers whose reference resid_pre the passes of `plan` are fed."""
+    return sorted({layer for p in plan if p.from_reference for layer in p.entries})
 
 
 def plan_sweep(
